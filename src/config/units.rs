@@ -1,0 +1,285 @@
+//! Human units in `proxy.toml` and `AUGUR_*` values: durations, byte sizes, addresses,
+//! methods, header names, the upstream URL. Parsed while deserializing so that `toml` reports
+//! a bad value at its own span.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::uri::Scheme;
+use http::{HeaderName, Method, Uri};
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use super::LogFormat;
+
+/// A value written in a human form (`"30s"`, `"8MiB"`, `"127.0.0.1:8080"`) and parsed while
+/// deserializing, so that `toml` reports a bad value at its own position.
+pub(super) struct Human<T>(pub(super) T);
+
+/// How to parse one human-unit type. `parse` errors read `invalid X "v" (expected e.g. ...)`;
+/// the same text is used for environment overrides.
+pub(super) trait HumanUnit: Sized {
+    /// Completes serde's "invalid type: ..., expected {EXPECTING}".
+    const EXPECTING: &'static str;
+    fn parse(s: &str) -> Result<Self, String>;
+    /// TOML integers; `None` = integers are the wrong type.
+    fn from_int(_n: i64) -> Option<Result<Self, String>> {
+        None
+    }
+}
+
+impl<'de, T: HumanUnit> Deserialize<'de> for Human<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<T: HumanUnit> Visitor<'_> for V<T> {
+            type Value = Human<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(T::EXPECTING)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                T::parse(s).map(Human).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+                match T::from_int(n) {
+                    Some(r) => r.map(Human).map_err(E::custom),
+                    None => Err(E::invalid_type(de::Unexpected::Signed(n), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
+impl HumanUnit for Duration {
+    const EXPECTING: &'static str = r#"a duration string such as "30s""#;
+    fn parse(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s.trim())
+            .map_err(|_| format!(r#"invalid duration {s:?} (expected e.g. "30s", "5m", "1h 30m")"#))
+    }
+    fn from_int(n: i64) -> Option<Result<Self, String>> {
+        Some(Err(format!(
+            r#"invalid duration {n} (a duration needs a unit and quotes, e.g. "{n}s")"#
+        )))
+    }
+}
+
+/// A byte count. Decimal units (KB, MB, GB) are powers of 1000, binary units (KiB, MiB, GiB)
+/// powers of 1024, so that "what the operator wrote" is exactly what is enforced.
+pub(super) struct ByteSize(pub(super) u64);
+
+impl HumanUnit for ByteSize {
+    const EXPECTING: &'static str = r#"a size such as "256MiB" or a byte count"#;
+    fn parse(s: &str) -> Result<Self, String> {
+        parse_size(s).map(ByteSize)
+    }
+    fn from_int(n: i64) -> Option<Result<Self, String>> {
+        Some(
+            u64::try_from(n)
+                .map(ByteSize)
+                .map_err(|_| format!("invalid size {n} (a size cannot be negative)")),
+        )
+    }
+}
+
+/// Parses `"256MiB"`, `"8 MB"`, `"1048576"`: an integer, optional spaces, an optional
+/// case-insensitive unit (B, KB, MB, GB, KiB, MiB, GiB).
+pub(super) fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!(r#"invalid size {s:?} (expected e.g. "256MiB")"#);
+    let t = s.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("invalid size {s:?} (too large)"))
+}
+
+/// Formats a byte count the way an operator would write it, for messages.
+pub(super) fn fmt_size(n: u64) -> String {
+    match n {
+        0 => "0 bytes".to_owned(),
+        n if n % (1 << 30) == 0 => format!("{}GiB", n >> 30),
+        n if n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+        n if n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
+}
+
+impl HumanUnit for SocketAddr {
+    const EXPECTING: &'static str = r#"an address such as "127.0.0.1:8080""#;
+    fn parse(s: &str) -> Result<Self, String> {
+        s.trim().parse().map_err(|_| {
+            format!(r#"invalid socket address {s:?} (expected IP:PORT, e.g. "127.0.0.1:8080" or "[::]:8080"; host names are not resolved)"#)
+        })
+    }
+}
+
+impl HumanUnit for LogFormat {
+    const EXPECTING: &'static str = r#""text" or "json""#;
+    fn parse(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!(
+                r#"invalid log format {s:?} (expected "text" or "json")"#
+            )),
+        }
+    }
+}
+
+impl HumanUnit for Method {
+    const EXPECTING: &'static str = r#"an HTTP method such as "GET""#;
+    fn parse(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!(r#"invalid HTTP method {s:?} (expected a token such as "GET" or "HEAD")"#);
+        if s.is_empty() {
+            return Err(bad());
+        }
+        Method::from_bytes(s.to_ascii_uppercase().as_bytes()).map_err(|_| bad())
+    }
+}
+
+impl HumanUnit for HeaderName {
+    const EXPECTING: &'static str = r#"a header name such as "Accept-Language""#;
+    fn parse(s: &str) -> Result<Self, String> {
+        HeaderName::from_bytes(s.as_bytes()).map_err(|_| {
+            format!(r#"invalid header name {s:?} (expected a token such as "Accept-Language", no spaces or colons)"#)
+        })
+    }
+}
+
+/// As an upstream URL: `http://HOST[:PORT][/BASE-PATH]`.
+impl HumanUnit for Uri {
+    const EXPECTING: &'static str = r#"a URL such as "http://127.0.0.1:8081""#;
+    fn parse(s: &str) -> Result<Self, String> {
+        let hint = "(expected http://HOST[:PORT][/BASE-PATH], e.g. \"http://127.0.0.1:8081\")";
+        let https = || {
+            "https upstreams are not supported yet; terminate TLS in front of the upstream or use http".to_owned()
+        };
+        let no_host = || format!("invalid upstream URL {s:?}: missing host {hint}");
+        let uri: Uri = s.parse().map_err(|e| match s.split_once("://") {
+            Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => https(),
+            Some((_, rest)) if rest.is_empty() || rest.starts_with(['/', ':']) => no_host(),
+            _ => format!("invalid upstream URL {s:?}: {e} {hint}"),
+        })?;
+        match uri.scheme() {
+            Some(sc) if *sc == Scheme::HTTP => {}
+            Some(sc) if *sc == Scheme::HTTPS => return Err(https()),
+            _ => {
+                return Err(format!(
+                    "invalid upstream URL {s:?}: scheme must be http {hint}"
+                ))
+            }
+        }
+        match uri.authority() {
+            Some(a) if !a.host().is_empty() && !a.as_str().contains('@') => {}
+            _ => return Err(no_host()),
+        }
+        if uri.query().is_some() {
+            return Err(format!(
+                "invalid upstream URL {s:?}: a query string is not allowed {hint}"
+            ));
+        }
+        Ok(uri)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("8 MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_size("64kib").unwrap(), 64 << 10);
+        assert_eq!(parse_size("1KB").unwrap(), 1000);
+        assert_eq!(parse_size("2 mb").unwrap(), 2_000_000);
+        assert_eq!(parse_size("3GB").unwrap(), 3_000_000_000);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("12B").unwrap(), 12);
+        assert_eq!(parse_size(" 0 ").unwrap(), 0);
+        for bad in [
+            "",
+            "lots",
+            "MiB",
+            "1.5MiB",
+            "-1",
+            "10 TB",
+            "5 M",
+            "99999999999999999999GiB",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert_eq!(
+            parse_size("lots").unwrap_err(),
+            r#"invalid size "lots" (expected e.g. "256MiB")"#
+        );
+        assert!(parse_size("99999999999GiB")
+            .unwrap_err()
+            .contains("too large"));
+    }
+
+    #[test]
+    fn sizes_format_back() {
+        assert_eq!(fmt_size(8 << 20), "8MiB");
+        assert_eq!(fmt_size(1 << 30), "1GiB");
+        assert_eq!(fmt_size(4096), "4KiB");
+        assert_eq!(fmt_size(1000), "1000 bytes");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(Duration::parse("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(
+            Duration::parse("1h 30m").unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            Duration::parse("250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(Duration::parse("0s").unwrap(), Duration::ZERO);
+        assert_eq!(
+            Duration::parse("5 parsecs").unwrap_err(),
+            r#"invalid duration "5 parsecs" (expected e.g. "30s", "5m", "1h 30m")"#
+        );
+    }
+
+    #[test]
+    fn methods_and_headers_normalise() {
+        assert_eq!(Method::parse("get").unwrap(), Method::GET);
+        assert!(Method::parse("GE T").is_err());
+        assert_eq!(
+            HeaderName::parse("Accept-Language").unwrap().as_str(),
+            "accept-language"
+        );
+        assert!(HeaderName::parse("Accept Language").is_err());
+    }
+
+    #[test]
+    fn upstream_urls() {
+        assert!(Uri::parse("http://127.0.0.1:8081").is_ok());
+        assert_eq!(Uri::parse("http://api:80/base").unwrap().path(), "/base");
+        assert!(Uri::parse("https://x")
+            .unwrap_err()
+            .starts_with("https upstreams are not supported yet"));
+        assert!(Uri::parse("127.0.0.1:8081")
+            .unwrap_err()
+            .contains("scheme must be http"));
+        assert!(Uri::parse("/just/a/path").is_err());
+        assert!(Uri::parse("http://x/?a=1").is_err());
+    }
+}

@@ -1,0 +1,281 @@
+//! Typed metrics in an explicit registry (a leaf), rendered as Prometheus text on the admin
+//! listener.
+//!
+//! Every handle is registered once at start-up, so recording on the request path is an atomic
+//! add with no name lookup and no label hashing. Each proxy instance owns its own registry
+//! (no global recorder), which keeps tests that run several proxies in one process honest.
+
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+/// The cache verdict of one response: the `x-cache` header value and the `cache` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Served from the store, fresh.
+    Hit,
+    /// Looked up, not usable; fetched from the upstream (and stored when allowed).
+    Miss,
+    /// Not looked up: the request is not one a cache may answer (method, Range, body…).
+    Bypass,
+}
+
+impl CacheStatus {
+    pub const ALL: [CacheStatus; 3] = [CacheStatus::Hit, CacheStatus::Miss, CacheStatus::Bypass];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Bypass => "BYPASS",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn class_index(status: u16) -> usize {
+    (usize::from(status / 100)).clamp(1, 5) - 1
+}
+
+/// Upstream and request latency buckets, in seconds: sub-millisecond hits up to slow upstreams.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Per-route handles.
+pub struct RouteMetrics {
+    /// `[cache status][status class]`
+    requests: Vec<Counter>,
+    /// `[cache status]`
+    duration: Vec<Histogram>,
+    pub upstream_duration: Histogram,
+    pub upstream_errors: Counter,
+}
+
+impl RouteMetrics {
+    /// One finished request: its verdict, HTTP status and time to response head.
+    pub fn record(&self, cache: CacheStatus, status: u16, elapsed: Duration) {
+        let i = cache.index();
+        if let Some(c) = self.requests.get(i * CLASSES.len() + class_index(status)) {
+            c.increment(1);
+        }
+        if let Some(h) = self.duration.get(i) {
+            h.record(elapsed.as_secs_f64());
+        }
+    }
+}
+
+/// The registry and every handle Augur records into.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    routes: Vec<RouteMetrics>,
+    /// Requests that matched no route (404).
+    pub no_route: Counter,
+    pub cache_entries: Gauge,
+    pub cache_bytes: Gauge,
+    pub cache_capacity: Gauge,
+    pub cache_evictions: Counter,
+    pub cache_stored: Counter,
+    pub compression_saved: Counter,
+    pub coalesced: Counter,
+}
+
+impl Metrics {
+    pub fn new(route_names: &[&str]) -> Metrics {
+        // set_buckets only fails on an empty slice.
+        let builder = PrometheusBuilder::new()
+            .set_buckets(&LATENCY_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let r = &recorder;
+
+        describe(
+            r,
+            "augur_requests_total",
+            "Requests answered, by route, cache verdict and status class.",
+        );
+        describe(
+            r,
+            "augur_request_duration_seconds",
+            "Time from request to response head, by route and cache verdict.",
+        );
+        describe(
+            r,
+            "augur_upstream_duration_seconds",
+            "Upstream time to response head, by route.",
+        );
+        describe(
+            r,
+            "augur_upstream_errors_total",
+            "Upstream connect errors, timeouts and protocol errors, by route.",
+        );
+        describe(
+            r,
+            "augur_cache_entries",
+            "Entries in the in-process store (L1).",
+        );
+        describe(
+            r,
+            "augur_cache_bytes",
+            "Bytes the L1 entries occupy (compressed bodies + headers + overhead).",
+        );
+        describe(r, "augur_cache_capacity_bytes", "The L1 memory budget.");
+        describe(
+            r,
+            "augur_cache_evictions_total",
+            "L1 entries evicted to stay within the memory budget.",
+        );
+        describe(r, "augur_cache_stored_total", "Responses stored in L1.");
+        describe(
+            r,
+            "augur_compression_saved_bytes_total",
+            "Body bytes saved by zstd on store (original minus compressed).",
+        );
+        describe(r, "augur_coalesced_total", "Requests that waited for another request's upstream fetch instead of making their own.");
+
+        let routes = route_names
+            .iter()
+            .map(|name| {
+                let mut requests = Vec::new();
+                let mut duration = Vec::new();
+                for cs in CacheStatus::ALL {
+                    for class in CLASSES {
+                        requests.push(counter(
+                            r,
+                            "augur_requests_total",
+                            &[("route", name), ("cache", cs.as_str()), ("status", class)],
+                        ));
+                    }
+                    duration.push(histogram(
+                        r,
+                        "augur_request_duration_seconds",
+                        &[("route", name), ("cache", cs.as_str())],
+                    ));
+                }
+                RouteMetrics {
+                    requests,
+                    duration,
+                    upstream_duration: histogram(
+                        r,
+                        "augur_upstream_duration_seconds",
+                        &[("route", name)],
+                    ),
+                    upstream_errors: counter(r, "augur_upstream_errors_total", &[("route", name)]),
+                }
+            })
+            .collect();
+
+        Metrics {
+            no_route: counter(
+                r,
+                "augur_requests_total",
+                &[("route", ""), ("cache", "BYPASS"), ("status", "4xx")],
+            ),
+            cache_entries: gauge(r, "augur_cache_entries"),
+            cache_bytes: gauge(r, "augur_cache_bytes"),
+            cache_capacity: gauge(r, "augur_cache_capacity_bytes"),
+            cache_evictions: counter(r, "augur_cache_evictions_total", &[]),
+            cache_stored: counter(r, "augur_cache_stored_total", &[]),
+            compression_saved: counter(r, "augur_compression_saved_bytes_total", &[]),
+            coalesced: counter(r, "augur_coalesced_total", &[]),
+            routes,
+            handle,
+            recorder,
+        }
+    }
+
+    /// Handles of route `idx` (as numbered by the route table).
+    pub fn route(&self, idx: usize) -> Option<&RouteMetrics> {
+        self.routes.get(idx)
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Folds recorded histogram samples into their buckets; call every few seconds so that
+    /// samples do not pile up between scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// The recorder, for registering further handles (later subsystems).
+    pub fn recorder(&self) -> &PrometheusRecorder {
+        &self.recorder
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+    let labels: Vec<Label> = labels
+        .iter()
+        .map(|(k, v)| Label::new(*k, (*v).to_owned()))
+        .collect();
+    Key::from_parts(name, labels)
+}
+
+static META: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
+
+fn describe(r: &PrometheusRecorder, name: &'static str, help: &'static str) {
+    // The exporter keeps one description per name whatever the kind.
+    r.describe_counter(name.into(), None, help.into());
+}
+
+fn counter(r: &PrometheusRecorder, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+    r.register_counter(&key(name, labels), &META)
+}
+
+fn gauge(r: &PrometheusRecorder, name: &'static str) -> Gauge {
+    r.register_gauge(&key(name, &[]), &META)
+}
+
+fn histogram(
+    r: &PrometheusRecorder,
+    name: &'static str,
+    labels: &[(&'static str, &str)],
+) -> Histogram {
+    r.register_histogram(&key(name, labels), &META)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_registered_series_with_help() {
+        let m = Metrics::new(&["users"]);
+        if let Some(r) = m.route(0) {
+            r.record(CacheStatus::Hit, 200, Duration::from_micros(50));
+        }
+        m.coalesced.increment(3);
+        m.upkeep();
+        let text = m.render();
+        assert!(
+            text.contains(r#"augur_requests_total{route="users",cache="HIT",status="2xx"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("augur_coalesced_total 3"), "{text}");
+        assert!(text.contains("# HELP augur_coalesced_total"), "{text}");
+        assert!(
+            text.contains("augur_request_duration_seconds_bucket"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(CLASSES[class_index(200)], "2xx");
+        assert_eq!(CLASSES[class_index(504)], "5xx");
+        assert_eq!(CLASSES[class_index(99)], "1xx");
+        assert_eq!(CLASSES[class_index(999)], "5xx");
+    }
+}

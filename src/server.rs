@@ -1,0 +1,188 @@
+//! `run(config, listeners, shutdown)`: accept loops for the proxy and admin listeners, and the
+//! graceful drain on shutdown.
+//!
+//! Takes already-bound listeners (so tests bind port 0, and `main` can refuse to bind anything
+//! before the config is valid) and a shutdown future (a signal in `main`, a channel in tests).
+//! On shutdown: readiness turns 503, the listeners close, in-flight requests get up to
+//! `shutdown_grace` to finish, then whatever is left is cut.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::admin::Admin;
+use crate::cache::Clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+
+/// The two listeners Augur serves on, bound by the caller.
+pub struct Listeners {
+    pub proxy: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Bind the configured addresses.
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        let proxy = TcpListener::bind(config.server.listen).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("binding listen {}: {e}", config.server.listen),
+            )
+        })?;
+        let admin = TcpListener::bind(config.server.admin_listen)
+            .await
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("binding admin_listen {}: {e}", config.server.admin_listen),
+                )
+            })?;
+        Ok(Listeners { proxy, admin })
+    }
+}
+
+/// A running instance's shared parts, handed to tests and to the admin listener.
+pub struct Instance {
+    pub proxy: Arc<Proxy>,
+    pub metrics: Arc<Metrics>,
+    pub ready: Arc<AtomicBool>,
+}
+
+impl Instance {
+    pub fn new(config: &Config, clock: Clock) -> Result<Instance, String> {
+        let names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+        let metrics = Arc::new(Metrics::new(&names));
+        let proxy = Arc::new(Proxy::new(config, clock, metrics.clone())?);
+        Ok(Instance {
+            proxy,
+            metrics,
+            ready: Arc::new(AtomicBool::new(false)),
+        })
+    }
+}
+
+/// Serve until `shutdown` completes, then drain.
+pub async fn run(
+    config: Config,
+    instance: Instance,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let Instance {
+        proxy,
+        metrics,
+        ready,
+    } = instance;
+    let admin = Arc::new(Admin::new(proxy.clone(), metrics.clone(), ready.clone()));
+    let upkeep = {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                metrics.upkeep();
+            }
+        })
+    };
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.server.header_read_timeout)
+        .max_buf_size(config.server.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    if !config.server.http2 {
+        builder = builder.http1_only();
+    }
+
+    let graceful = GracefulShutdown::new();
+    let admin_graceful = GracefulShutdown::new();
+    tracing::info!(
+        listen = %listeners.proxy.local_addr()?,
+        admin = %listeners.admin.local_addr()?,
+        routes = config.routes.len(),
+        "augur serving"
+    );
+    ready.store(true, Ordering::Release);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listeners.proxy.accept() => {
+                let Some((stream, peer)) = accepted_or_pause(accepted).await else { continue };
+                let proxy = proxy.clone();
+                let svc = service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            accepted = listeners.admin.accept() => {
+                let Some((stream, _peer)) = accepted_or_pause(accepted).await else { continue };
+                let admin = admin.clone();
+                let svc = service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), svc);
+                let conn = admin_graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+
+    ready.store(false, Ordering::Release);
+    drop(listeners);
+    tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: draining in-flight requests");
+    let drained = tokio::time::timeout(config.server.shutdown_grace, async {
+        tokio::join!(graceful.shutdown(), admin_graceful.shutdown());
+    })
+    .await;
+    match drained {
+        Ok(()) => tracing::info!("drained; bye"),
+        Err(_) => tracing::warn!("grace period over; closing the remaining connections"),
+    }
+    upkeep.abort();
+    Ok(())
+}
+
+/// Accept errors (EMFILE, ECONNABORTED…) must not end the server: log, pause briefly, go on.
+async fn accepted_or_pause(
+    accepted: std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    match accepted {
+        Ok((stream, peer)) => {
+            let _ = stream.set_nodelay(true);
+            Some((stream, peer))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            None
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! Shared test parts: a real upstream on 127.0.0.1:0 that counts what it served, the real
+//! proxy on port 0, and a real HTTP client. No mocks.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use augur::body::Body;
+use augur::cache::Clock;
+use augur::config::Config;
+use augur::server::{self, Instance, Listeners};
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// A real upstream. Its behaviour is chosen per request by query parameters:
+/// `delay_ms=N` (wait before the head), `cc=...` (Cache-Control), `size=N` (body bytes of
+/// compressible JSON), `stream=1` (chunked, no Content-Length), `status=N`, `h_<name>=v`
+/// (extra response header). It echoes the request headers it received as `x-echo-<name>`.
+#[derive(Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub counts: Arc<Mutex<HashMap<String, usize>>>,
+    pub total: Arc<AtomicUsize>,
+    pub inflight: Arc<AtomicUsize>,
+    pub max_inflight: Arc<AtomicUsize>,
+    pub last_headers: Arc<Mutex<Option<HeaderMap>>>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = Upstream {
+            addr: listener.local_addr().unwrap(),
+            counts: Default::default(),
+            total: Default::default(),
+            inflight: Default::default(),
+            max_inflight: Default::default(),
+            last_headers: Default::default(),
+        };
+        let state = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(state.serve(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        up
+    }
+
+    /// Requests served for this path-and-query.
+    pub fn count(&self, pq: &str) -> usize {
+        self.counts.lock().unwrap().get(pq).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+
+    async fn serve(
+        &self,
+        req: Request<Incoming>,
+    ) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        *self.counts.lock().unwrap().entry(pq).or_default() += 1;
+        self.total.fetch_add(1, Ordering::SeqCst);
+        let now = self.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_inflight.fetch_max(now, Ordering::SeqCst);
+        *self.last_headers.lock().unwrap() = Some(req.headers().clone());
+
+        let params: HashMap<String, String> = req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    percent_encoding::percent_decode_str(v)
+                        .decode_utf8_lossy()
+                        .into_owned(),
+                )
+            })
+            .collect();
+        if let Some(ms) = params.get("delay_ms").and_then(|v| v.parse().ok()) {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        let size: usize = params.get("size").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let status = params
+            .get("status")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200);
+        let mut builder = Response::builder().status(StatusCode::from_u16(status).unwrap());
+        if let Some(cc) = params.get("cc") {
+            builder = builder.header("cache-control", cc.as_str());
+        }
+        for (k, v) in &params {
+            if let Some(name) = k.strip_prefix("h_") {
+                builder = builder.header(name, v.as_str());
+            }
+        }
+        for (k, v) in req.headers() {
+            builder = builder.header(format!("x-echo-{k}"), v.clone());
+        }
+        builder = builder.header("content-type", "application/json");
+        let body = if params.get("stream").map(String::as_str) == Some("1") {
+            // Chunked, generated on the fly: never held whole in memory.
+            let chunk = Bytes::from(json_body(64 * 1024));
+            let mut left = size;
+            let stream = futures_util::stream::poll_fn(move |_| {
+                if left == 0 {
+                    return std::task::Poll::Ready(None);
+                }
+                let n = left.min(chunk.len());
+                left -= n;
+                std::task::Poll::Ready(Some(Ok::<_, Infallible>(Frame::data(chunk.slice(..n)))))
+            });
+            StreamBody::new(stream).boxed()
+        } else {
+            let text = if size > 0 {
+                json_body(size)
+            } else {
+                format!("{{\"path\":{:?}}}", req.uri().to_string())
+            };
+            Full::new(Bytes::from(text)).boxed()
+        };
+        self.inflight.fetch_sub(1, Ordering::SeqCst);
+        builder.body(body).unwrap()
+    }
+}
+
+/// Deterministic compressible JSON of exactly `size` bytes.
+pub fn json_body(size: usize) -> String {
+    let mut s = String::with_capacity(size + 64);
+    s.push('[');
+    let mut i = 0;
+    while s.len() < size {
+        s.push_str(&format!(
+            "{{\"id\":{i},\"name\":\"user{i}\",\"active\":true}},"
+        ));
+        i += 1;
+    }
+    s.truncate(size);
+    s
+}
+
+/// A config for one route `api` on path `/` to `upstream`.
+pub fn config(upstream: SocketAddr, extra: &str) -> Config {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+max_request_body = "1MiB"
+max_header_bytes = "16KiB"
+
+[cache]
+memory = "64MiB"
+max_entry_size = "8MiB"
+compression_threshold = "1KiB"
+coalesce_timeout = "5s"
+
+[upstream]
+timeout = "2s"
+connect_timeout = "500ms"
+
+[[route]]
+name = "api"
+upstream = "http://{upstream}"
+{extra}
+"#
+    );
+    Config::from_str(&text, "test.toml").unwrap_or_else(|e| panic!("test config: {e}"))
+}
+
+/// A running proxy.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub clock: Clock,
+    pub instance_proxy: Arc<augur::proxy::Proxy>,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Proxy {
+    pub async fn start(config: Config) -> Proxy {
+        Self::start_with_clock(config, Clock::manual()).await
+    }
+
+    pub async fn start_with_clock(config: Config, clock: Clock) -> Proxy {
+        let listeners = Listeners::bind(&config).await.unwrap();
+        let addr = listeners.proxy.local_addr().unwrap();
+        let admin = listeners.admin.local_addr().unwrap();
+        let instance = Instance::new(&config, clock.clone()).unwrap();
+        let instance_proxy = instance.proxy.clone();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(server::run(config, instance, listeners, async {
+            let _ = rx.await;
+        }));
+        Proxy {
+            addr,
+            admin,
+            clock,
+            instance_proxy,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, pq: &str) -> String {
+        format!("http://{}{}", self.addr, pq)
+    }
+
+    /// Begin the graceful shutdown.
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A response read whole.
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+    pub fn x_cache(&self) -> &str {
+        self.header("x-cache")
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub async fn send(req: Request<Full<Bytes>>) -> Got {
+    let resp = client().request(req).await.expect("request failed");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body failed").to_bytes();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str) -> Got {
+    get_with(url, &[]).await
+}
+
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Got {
+    let mut b = Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// Write `request` on a fresh connection and read what comes back until the server closes
+/// it or stops sending for a moment.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Unused-import guard for Body in helper signatures.
+pub fn _body_type(_: Body) {}

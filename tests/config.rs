@@ -1,0 +1,393 @@
+//! `proxy.toml` loading, end to end: the bad fixtures' error positions, the shipped config,
+//! defaults, and `AUGUR_*` overrides.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use augur::config::{Config, LogFormat, QueryKey};
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn bad_dir() -> PathBuf {
+    manifest_dir().join("tests/fixtures/bad")
+}
+
+/// (fixture, "LINE:COL", field path, a fragment of the message)
+const BAD: &[(&str, &str, &str, &str)] = &[
+    (
+        "syntax_error.toml",
+        "2:25",
+        "TOML syntax error",
+        "invalid basic string",
+    ),
+    (
+        "unknown_field.toml",
+        "3:1",
+        "server.lisen",
+        "unknown field `lisen`, expected one of `listen`",
+    ),
+    (
+        "wrong_type.toml",
+        "2:18",
+        "server.worker_threads",
+        "invalid type: string \"four\", expected a whole number",
+    ),
+    (
+        "bad_duration.toml",
+        "8:7",
+        "route[1].ttl",
+        r#"invalid duration "5 parsecs" (expected e.g. "30s", "5m", "1h 30m")"#,
+    ),
+    (
+        "bad_size.toml",
+        "2:10",
+        "cache.memory",
+        r#"invalid size "lots" (expected e.g. "256MiB")"#,
+    ),
+    (
+        "bad_socket_addr.toml",
+        "2:16",
+        "server.admin_listen",
+        r#"invalid socket address "localhost:9090""#,
+    ),
+    (
+        "bad_url.toml",
+        "3:12",
+        "route[0].upstream",
+        "scheme must be http",
+    ),
+    (
+        "https_upstream.toml",
+        "3:12",
+        "route[0].upstream",
+        "https upstreams are not supported yet; terminate TLS in front of the upstream or use http",
+    ),
+    (
+        "upstream_missing_host.toml",
+        "3:12",
+        "route[0].upstream",
+        "missing host",
+    ),
+    (
+        "bad_method.toml",
+        "3:19",
+        "route[0].methods[1]",
+        r#"invalid HTTP method "GE T""#,
+    ),
+    (
+        "bad_header_name.toml",
+        "4:35",
+        "route[0].key_headers[1]",
+        r#"invalid header name "X Tenant""#,
+    ),
+    (
+        "bad_glob.toml",
+        "4:8",
+        "route[0].path",
+        r#"must start with "/""#,
+    ),
+    (
+        "bad_host.toml",
+        "3:29",
+        "route[0].hosts[1]",
+        r#"invalid host "api.*.com""#,
+    ),
+    (
+        "bad_route_name.toml",
+        "2:8",
+        "route[0].name",
+        r#"invalid route name "users api""#,
+    ),
+    (
+        "missing_route_name.toml",
+        "3:1",
+        "route[0]",
+        "missing field `name`",
+    ),
+    (
+        "path_and_prefix.toml",
+        "5:8",
+        "route[0].path",
+        "both path_prefix and path are set",
+    ),
+    (
+        "query_include_and_exclude.toml",
+        "5:17",
+        "route[0].query_exclude",
+        "both query_include and query_exclude are set",
+    ),
+    (
+        "duplicate_route_name.toml",
+        "10:8",
+        "route[2].name",
+        r#"duplicate route name "demo", already used by route[0]"#,
+    ),
+    ("no_routes.toml", "1:1", "route", "no routes configured"),
+    (
+        "compression_level.toml",
+        "2:21",
+        "cache.compression_level",
+        "22 is out of range",
+    ),
+    (
+        "max_entry_size_over_memory.toml",
+        "3:18",
+        "cache.max_entry_size",
+        "max_entry_size 8MiB is larger than cache.memory 4MiB",
+    ),
+    (
+        "max_entry_default_over_memory.toml",
+        "2:10",
+        "cache.memory",
+        "max_entry_size 8MiB is larger than cache.memory 4MiB",
+    ),
+    (
+        "memory_too_small.toml",
+        "2:10",
+        "cache.memory",
+        "512KiB is too small (must be at least 1MiB)",
+    ),
+    (
+        "max_header_bytes_too_small.toml",
+        "2:20",
+        "server.max_header_bytes",
+        "4KiB is too small (must be at least 8KiB)",
+    ),
+    (
+        "worker_threads.toml",
+        "2:18",
+        "server.worker_threads",
+        "4096 is too many",
+    ),
+];
+
+#[test]
+fn every_bad_fixture_fails_at_the_expected_position() {
+    for &(file, line_col, field, fragment) in BAD {
+        let path = bad_dir().join(file);
+        let err = match Config::load(&path) {
+            Ok(_) => panic!("{file}: loaded, but should fail"),
+            Err(e) => e.to_string(),
+        };
+        let expected_prefix = format!("{}:{line_col}: {field}: ", path.display());
+        assert!(
+            err.starts_with(&expected_prefix),
+            "{file}: got {err:?}, expected prefix {expected_prefix:?}"
+        );
+        assert!(
+            err.contains(fragment),
+            "{file}: got {err:?}, expected it to contain {fragment:?}"
+        );
+        assert!(!err.contains('\n'), "{file}: message spans lines: {err:?}");
+    }
+}
+
+#[test]
+fn every_bad_fixture_has_an_expectation() {
+    let mut on_disk: Vec<String> = std::fs::read_dir(bad_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = BAD.iter().map(|b| b.0.to_owned()).collect();
+    listed.sort();
+    assert_eq!(on_disk, listed);
+}
+
+#[test]
+fn shipped_proxy_toml_loads() {
+    let text = std::fs::read_to_string(manifest_dir().join("proxy.toml")).unwrap();
+    let config = Config::from_str(&text, "proxy.toml").unwrap();
+    assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.server.admin_listen.to_string(), "127.0.0.1:9090");
+    let [demo] = config.routes.as_slice() else {
+        panic!("expected one route")
+    };
+    assert_eq!(demo.name, "demo");
+    assert_eq!(demo.upstream.to_string(), "http://127.0.0.1:8081/");
+    assert_eq!(demo.ttl, Some(Duration::from_secs(30)));
+    assert_eq!(demo.path_prefix.as_deref(), Some("/"));
+    let utm = ["utm_source", "utm_medium", "utm_campaign"]
+        .map(String::from)
+        .to_vec();
+    assert_eq!(demo.query, QueryKey::Exclude(utm));
+}
+
+#[test]
+fn shipped_proxy_toml_loads_through_load() {
+    // `load` also applies the process environment; the test environment sets no AUGUR_*.
+    Config::load(&manifest_dir().join("proxy.toml")).unwrap();
+}
+
+/// Uncommenting every commented-out setting (and the example route) must still give a valid
+/// config, so the examples in the shipped file cannot rot.
+#[test]
+fn shipped_proxy_toml_examples_are_valid() {
+    let text = std::fs::read_to_string(manifest_dir().join("proxy.toml")).unwrap();
+    let uncommented: String = text
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest)
+                if rest.starts_with('[')
+                    || rest
+                        .split_once(" = ")
+                        .is_some_and(|(k, _)| !k.contains(' ')) =>
+            {
+                rest
+            }
+            _ => line,
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert!(
+        uncommented.contains("\nname = \"users\""),
+        "example route not uncommented"
+    );
+    let config = Config::from_str(&uncommented, "proxy.toml (uncommented)").unwrap();
+    let users = &config.routes[1];
+    assert_eq!(users.path_pattern.as_deref(), Some("/users/*/orders"));
+    assert_eq!(users.path_prefix, None);
+    assert_eq!(users.hosts, ["api.example.com", "*.example.com"]);
+    assert_eq!(users.methods, [http::Method::GET, http::Method::HEAD]);
+    assert_eq!(users.upstream.path(), "/v2");
+    assert_eq!(users.upstream_host.as_deref(), Some("users.internal"));
+    assert_eq!(
+        users.query,
+        QueryKey::Include(vec!["page".into(), "limit".into()])
+    );
+    assert_eq!(
+        users.key_headers,
+        [http::HeaderName::from_static("accept-language")]
+    );
+    assert_eq!(
+        (users.timeout, users.connect_timeout, users.max_connections),
+        (Duration::from_secs(5), Duration::from_secs(1), 64)
+    );
+}
+
+const MINIMAL: &str = "[[route]]\nname = \"api\"\nupstream = \"http://127.0.0.1:3000\"\n";
+
+#[test]
+fn minimal_config_gets_all_defaults() {
+    let c = Config::from_str(MINIMAL, "minimal.toml").unwrap();
+    let s = &c.server;
+    assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(s.admin_listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(s.worker_threads, 0);
+    assert_eq!(s.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(s.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(s.max_request_body, 10 << 20);
+    assert_eq!(s.max_header_bytes, 64 << 10);
+    assert!(s.http2);
+    assert_eq!(s.log_level, "info");
+    assert_eq!(s.log_format, LogFormat::Text);
+
+    let u = &c.upstream;
+    assert_eq!(u.connect_timeout, Duration::from_secs(2));
+    assert_eq!(u.timeout, Duration::from_secs(30));
+    assert_eq!(u.max_connections, 256);
+    assert_eq!(u.idle_timeout, Duration::from_secs(90));
+
+    let k = &c.cache;
+    assert_eq!(k.memory, 256 << 20);
+    assert_eq!(k.max_entry_size, 8 << 20);
+    assert_eq!(k.compression_level, 3);
+    assert_eq!(k.compression_threshold, 1024);
+    assert_eq!(k.default_ttl, Duration::ZERO);
+    assert_eq!(k.coalesce_timeout, Duration::from_secs(10));
+
+    let [r] = c.routes.as_slice() else {
+        panic!("expected one route")
+    };
+    assert_eq!(r.name, "api");
+    assert!(r.hosts.is_empty());
+    assert_eq!(r.path_prefix.as_deref(), Some("/"));
+    assert_eq!(r.path_pattern, None);
+    assert!(r.methods.is_empty());
+    assert_eq!(
+        r.upstream.authority().map(|a| a.as_str()),
+        Some("127.0.0.1:3000")
+    );
+    assert_eq!(r.upstream_host, None);
+    assert_eq!(r.ttl, None);
+    assert_eq!(r.effective_ttl(&c.cache), Duration::ZERO);
+    assert_eq!(r.query, QueryKey::All);
+    assert!(r.key_headers.is_empty());
+    assert_eq!(r.timeout, Duration::from_secs(30));
+    assert_eq!(r.connect_timeout, Duration::from_secs(2));
+    assert_eq!(r.max_connections, 256);
+}
+
+fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
+#[test]
+fn env_overrides_apply() {
+    let text = format!("{MINIMAL}\n[[route]]\nname = \"slow\"\nupstream = \"http://127.0.0.1:3001\"\ntimeout = \"2m\"\n");
+    let mut c = Config::from_str(&text, "env.toml").unwrap();
+    c.apply_env(env(&[
+        ("AUGUR_LISTEN", "0.0.0.0:8080"),
+        ("AUGUR_ADMIN_LISTEN", "[::]:9090"),
+        ("AUGUR_WORKER_THREADS", "2"),
+        ("AUGUR_LOG_LEVEL", "info,augur=debug"),
+        ("AUGUR_LOG_FORMAT", "json"),
+        ("AUGUR_CACHE_MEMORY", "1GiB"),
+        ("AUGUR_CACHE_MAX_ENTRY_SIZE", "16 MiB"),
+        ("AUGUR_CACHE_DEFAULT_TTL", "1m"),
+        ("AUGUR_UPSTREAM_TIMEOUT", "5s"),
+        ("AUGUR_UPSTREAM_CONNECT_TIMEOUT", "500ms"),
+        (
+            "AUGUR_SOMETHING_ELSE",
+            "ignored: other tools share the prefix",
+        ),
+        ("PATH", "/usr/bin"),
+    ]))
+    .unwrap();
+    assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(c.server.admin_listen.to_string(), "[::]:9090");
+    assert_eq!(c.server.worker_threads, 2);
+    assert_eq!(c.server.log_level, "info,augur=debug");
+    assert_eq!(c.server.log_format, LogFormat::Json);
+    assert_eq!(c.cache.memory, 1 << 30);
+    assert_eq!(c.cache.max_entry_size, 16 << 20);
+    assert_eq!(c.cache.default_ttl, Duration::from_secs(60));
+    assert_eq!(c.routes[0].effective_ttl(&c.cache), Duration::from_secs(60));
+    assert_eq!(c.upstream.timeout, Duration::from_secs(5));
+    // A route that inherited the timeout follows the override; one that set its own keeps it.
+    assert_eq!(c.routes[0].timeout, Duration::from_secs(5));
+    assert_eq!(c.routes[1].timeout, Duration::from_secs(120));
+    assert_eq!(c.routes[0].connect_timeout, Duration::from_millis(500));
+}
+
+#[test]
+fn env_override_errors_name_the_variable() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("AUGUR_CACHE_MEMORY", "lots", r#"AUGUR_CACHE_MEMORY: invalid size "lots" (expected e.g. "256MiB")"#),
+        ("AUGUR_CACHE_DEFAULT_TTL", "5 parsecs", r#"AUGUR_CACHE_DEFAULT_TTL: invalid duration "5 parsecs" (expected e.g. "30s", "5m", "1h 30m")"#),
+        ("AUGUR_LISTEN", "localhost:8080", r#"AUGUR_LISTEN: invalid socket address "localhost:8080""#),
+        ("AUGUR_WORKER_THREADS", "many", r#"AUGUR_WORKER_THREADS: invalid number "many""#),
+        ("AUGUR_LOG_FORMAT", "xml", r#"AUGUR_LOG_FORMAT: invalid log format "xml" (expected "text" or "json")"#),
+        // Cross-field limits are re-checked after the overrides.
+        ("AUGUR_WORKER_THREADS", "5000", "AUGUR_WORKER_THREADS: server.worker_threads: 5000 is too many"),
+        ("AUGUR_CACHE_MEMORY", "4MiB", "AUGUR_CACHE_MEMORY: cache.max_entry_size: max_entry_size 8MiB is larger than cache.memory 4MiB"),
+        ("AUGUR_CACHE_MEMORY", "512KiB", "AUGUR_CACHE_MEMORY: cache.memory: 512KiB is too small"),
+        ("AUGUR_UPSTREAM_TIMEOUT", "0s", "AUGUR_UPSTREAM_TIMEOUT: upstream.timeout: must be greater than 0s"),
+    ];
+    for &(var, value, expected) in cases {
+        let mut c = Config::from_str(MINIMAL, "minimal.toml").unwrap();
+        let err = c.apply_env(env(&[(var, value)])).unwrap_err().to_string();
+        assert!(
+            err.starts_with(expected),
+            "{var}={value}: got {err:?}, expected {expected:?}"
+        );
+    }
+}
