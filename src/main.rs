@@ -12,6 +12,11 @@ use augur::cache::Clock;
 use augur::config::{Config, LogFormat};
 use augur::server::{self, Instance, Listeners};
 
+/// mimalloc: the request path allocates small, short-lived buffers (header maps, response
+/// heads); glibc's malloc spent ~1.7k instructions per cache hit on them (callgrind).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "augur",

@@ -13,7 +13,7 @@ use http::{Method, Request, Response};
 use http_body_util::Limited;
 
 use crate::body::{Body, Prefixed};
-use crate::cache::entry::{Compression, Entry, StoredBody};
+use crate::cache::entry::{owned_headers, Compression, Entry, StoredBody};
 use crate::cache::policy::{self, Decision};
 use crate::cache::{Cache, CacheSettings, CacheStatus, Clock, Fetched, Outcome};
 use crate::config::Config;
@@ -273,7 +273,7 @@ impl Proxy {
         let body = self.compress(bytes).await;
         Fetched::Stored(Arc::new(Entry {
             status: rparts.status,
-            headers: rparts.headers,
+            headers: owned_headers(&rparts.headers),
             body,
             request_time,
             response_time,
@@ -306,14 +306,19 @@ impl Proxy {
 
     /// Build a response from a stored entry: the stored frame as is for a client that accepts
     /// zstd, the decompressed body for any other; `Age` always.
-    fn respond(&self, entry: &Entry, zstd: bool, key: CacheKey) -> Response<Body> {
-        let mut headers = entry.headers.clone();
+    fn respond(&self, entry: &Arc<Entry>, zstd: bool, key: CacheKey) -> Response<Body> {
+        // Sized once for the stored headers plus the few added here and in `finish`, so building
+        // the response never grows (re-allocates and re-hashes) the map on the hit path.
+        let mut headers = HeaderMap::with_capacity(entry.headers.len() + 5);
+        for (name, value) in &entry.headers {
+            headers.append(name.clone(), value.clone());
+        }
         let body = match &entry.body {
             StoredBody::Zstd { frame, .. } if zstd => {
                 headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
                 frame.clone()
             }
-            stored => match stored.decoded() {
+            _ => match self.cache.identity_body(&key, entry) {
                 Ok(b) => b,
                 Err(e) => {
                     // Cannot happen for an entry this process encoded; never serve it.
@@ -327,10 +332,11 @@ impl Proxy {
         if matches!(entry.body, StoredBody::Zstd { .. }) {
             add_vary_accept_encoding(&mut headers);
         }
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        // Content-Length is left to hyper, which writes it from the body's exact size (also
+        // for HEAD) without allocating a header value.
         headers.insert(
             header::AGE,
-            HeaderValue::from(entry.age_ms(self.cache.now_ms()) / 1000),
+            age_value(entry.age_ms(self.cache.now_ms()) / 1000),
         );
         let mut resp = Response::new(Body::full(body));
         *resp.status_mut() = entry.status;
@@ -418,6 +424,9 @@ fn request_host(parts: &Parts) -> Option<&str> {
 
 /// Does the client accept `zstd` (with a non-zero q-value)?
 pub fn accepts_zstd(headers: &HeaderMap) -> bool {
+    if !headers.contains_key(header::ACCEPT_ENCODING) {
+        return false;
+    }
     headers
         .get_all(header::ACCEPT_ENCODING)
         .iter()
@@ -437,6 +446,18 @@ pub fn accepts_zstd(headers: &HeaderMap) -> bool {
                 }
             })
         })
+}
+
+/// `Age` header values, shared: most hits are younger than an hour, and a clone of a shared
+/// value costs a reference count instead of an allocation.
+fn age_value(secs: u64) -> HeaderValue {
+    static AGES: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    let table = AGES.get_or_init(|| (0..=3600u64).map(HeaderValue::from).collect());
+    usize::try_from(secs)
+        .ok()
+        .and_then(|i| table.get(i))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(secs))
 }
 
 /// The stored body can be sent in two codings, so say so to caches downstream.

@@ -34,10 +34,14 @@ pub struct Compression {
 impl StoredBody {
     /// Compress `body` once, on store, when it is at or above the threshold; keep the frame only
     /// when it is smaller. Returns the body and the bytes saved.
+    ///
+    /// The stored bytes are always a fresh allocation of their own size: a body that arrived as
+    /// a slice of a larger network buffer would otherwise pin that whole buffer while the
+    /// weight counts only the slice.
     pub fn encode(body: Bytes, c: Compression) -> (StoredBody, u64) {
         let len = body.len() as u64;
         if len == 0 || len < c.threshold {
-            return (StoredBody::Raw(body), 0);
+            return (StoredBody::Raw(Bytes::copy_from_slice(&body)), 0);
         }
         match zstd::bulk::compress(&body, c.level) {
             Ok(frame) if (frame.len() as u64) < len => {
@@ -50,7 +54,7 @@ impl StoredBody {
                     saved,
                 )
             }
-            _ => (StoredBody::Raw(body), 0),
+            _ => (StoredBody::Raw(Bytes::copy_from_slice(&body)), 0),
         }
     }
 
@@ -103,6 +107,19 @@ impl StoredBody {
             }
         }
     }
+}
+
+/// Headers copied into allocations of their own. Parsed header values share the connection's
+/// read buffer; stored as they are, each entry would keep a whole buffer alive.
+pub fn owned_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let mut copy = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value.as_bytes()))
+            .unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        out.append(name.clone(), copy);
+    }
+    out
 }
 
 /// A stored response.

@@ -114,9 +114,16 @@ pub struct CacheSettings {
     pub coalesce_timeout: Duration,
 }
 
+/// The share of the memory budget kept for decompressed copies of hot compressed bodies.
+const DECODED_SHARE: u64 = 8;
+
 /// The cache: L1 plus the in-flight table.
 pub struct Cache {
     memory: Memory,
+    /// Decompressed bodies of recently served zstd entries, keyed like L1 and tagged with the
+    /// entry they came from: a hot compressed entry is decompressed once, not on every hit by a
+    /// client that does not accept zstd. Byte-bounded; its share is taken out of the budget.
+    decoded: DecodedBodies,
     inflight: Mutex<HashMap<CacheKey, watch::Sender<Flight>>>,
     pass_marks: Mutex<HashMap<CacheKey, u64>>,
     coalesce_timeout: Duration,
@@ -127,12 +134,14 @@ pub struct Cache {
 impl Cache {
     pub fn new(settings: &CacheSettings, clock: Clock, metrics: Arc<Metrics>) -> Cache {
         metrics.cache_capacity.set(settings.memory as f64);
+        let decoded_budget = settings.memory / DECODED_SHARE;
         Cache {
             memory: Memory::new(
-                settings.memory,
+                settings.memory - decoded_budget,
                 settings.max_entry_size,
                 metrics.cache_evictions.clone(),
             ),
+            decoded: DecodedBodies::new(decoded_budget),
             inflight: Mutex::new(HashMap::new()),
             pass_marks: Mutex::new(HashMap::new()),
             coalesce_timeout: settings.coalesce_timeout,
@@ -291,28 +300,76 @@ impl Cache {
         })
     }
 
+    /// The body of `entry` (stored under `key`) as a client without zstd sees it.
+    pub fn identity_body(
+        &self,
+        key: &CacheKey,
+        entry: &Arc<Entry>,
+    ) -> Result<bytes::Bytes, entry::CodecError> {
+        match &entry.body {
+            entry::StoredBody::Raw(b) => Ok(b.clone()),
+            entry::StoredBody::Zstd { .. } => {
+                // Tag with the entry's identity so a replaced entry never serves an old body.
+                let tag = (Arc::as_ptr(entry) as usize as u64) ^ entry.response_time;
+                if let Some((t, body)) = self.decoded.cache.get(key) {
+                    if t == tag {
+                        return Ok(body);
+                    }
+                }
+                let body = entry.body.decoded()?;
+                self.decoded.cache.insert(*key, (tag, body.clone()));
+                Ok(body)
+            }
+        }
+    }
+
     /// Drop `key` from L1.
     pub fn remove(&self, key: &CacheKey) -> bool {
+        self.decoded.cache.remove(key);
         self.memory.remove(key)
     }
 
     /// Drop everything from L1.
     pub fn clear(&self) {
+        self.decoded.cache.clear();
         self.memory.clear();
     }
 
     /// Refresh the L1 gauges (called at scrape time).
     pub fn update_gauges(&self) {
         self.metrics.cache_entries.set(self.memory.len() as f64);
-        self.metrics.cache_bytes.set(self.memory.weight() as f64);
+        self.metrics.cache_bytes.set(self.bytes() as f64);
     }
 
     pub fn entries(&self) -> usize {
         self.memory.len()
     }
 
+    /// Bytes held: stored entries plus decompressed copies of hot compressed bodies.
     pub fn bytes(&self) -> u64 {
-        self.memory.weight()
+        self.memory.weight() + self.decoded.cache.weight()
+    }
+}
+
+#[derive(Clone)]
+struct ByLen;
+
+impl quick_cache::Weighter<CacheKey, (u64, bytes::Bytes)> for ByLen {
+    fn weight(&self, _key: &CacheKey, val: &(u64, bytes::Bytes)) -> u64 {
+        val.1.len() as u64 + 64
+    }
+}
+
+struct DecodedBodies {
+    cache: quick_cache::sync::Cache<CacheKey, (u64, bytes::Bytes), ByLen>,
+}
+
+impl DecodedBodies {
+    fn new(budget: u64) -> DecodedBodies {
+        let items = usize::try_from(budget / 16_384).unwrap_or(1 << 16).max(16);
+        DecodedBodies {
+            cache: quick_cache::sync::Cache::with_weighter(items, budget.max(1), ByLen),
+        }
     }
 }
 
