@@ -342,6 +342,35 @@ async fn redis_killed_mid_load_fails_no_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_redis_delays_no_request_past_the_deadline() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(config(up.addr, &redis_section(&redis.url(), ""))).await;
+    l2_ready(&proxy).await;
+    redis.freeze(true);
+    let deadline = Duration::from_millis(100);
+    let mut worst = Duration::ZERO;
+    for i in 0..30 {
+        let t = Instant::now();
+        let got = fetch(&proxy, &format!("/hung/{i}?{CACHED}")).await;
+        worst = worst.max(t.elapsed());
+        assert_eq!(got.status, 200);
+    }
+    redis.freeze(false);
+    assert!(
+        worst < deadline + Duration::from_millis(400),
+        "slowest request took {worst:?}"
+    );
+    assert!(metric(&proxy, r#"augur_l2_requests_total{result="timeout"}"#).await >= 1.0);
+    assert!(
+        metric(&proxy, r#"augur_l2_requests_total{result="skipped"}"#).await >= 1.0,
+        "the breaker opened and later requests skipped Redis"
+    );
+    // Thawed: the probe closes the breaker again.
+    l2_ready(&proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_l2_use_resumes() {
     let mut redis = RedisServer::start();
     let up = Upstream::start().await;

@@ -146,6 +146,17 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP / SIGCONT: a hung Redis (connections stay open, nothing answers).
+    pub fn freeze(&self, frozen: bool) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let ok = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {signal} {pid} failed");
+    }
+
     /// Start (again) on the same port, empty.
     pub fn restart(&mut self) {
         self.kill();
