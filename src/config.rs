@@ -97,6 +97,9 @@ pub struct RedisConfig {
     pub breaker_errors: u32,
     /// How long an open breaker skips L2 before one probe is let through.
     pub breaker_cooldown: Duration,
+    /// PEM certificates that verify a `rediss://` server (read at load time); `None` = the
+    /// system's trust store.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// Where the second tier lives. URLs are checked by the `redis` crate's own parser.
@@ -118,6 +121,7 @@ impl RedisConfig {
             max_entry_size: MIB,
             breaker_errors: 5,
             breaker_cooldown: Duration::from_secs(1),
+            ca_pem: None,
         }
     }
 }
@@ -311,6 +315,9 @@ struct RawRedis {
     breaker_errors: Option<u32>,
     /// How long the open breaker skips Redis before probing. Default `"1s"`.
     breaker_cooldown: Option<Human<Duration>>,
+    /// PEM file of the CA(s) that sign the Redis server's certificate, for `rediss://` with a
+    /// private CA. Default: the system's trust store.
+    ca_file: Option<String>,
 }
 
 /// `[[route]]`
@@ -681,6 +688,26 @@ fn build_redis(doc: &Doc, r: RawRedis) -> Result<RedisConfig, ConfigError> {
             ));
         }
     };
+    let ca_pem = match r.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(&path).map_err(|e| {
+                doc.err(
+                    "redis.ca_file",
+                    format!("cannot read {path:?}: {e} (a PEM file of CA certificates)"),
+                )
+            })?;
+            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                return Err(doc.err(
+                    "redis.ca_file",
+                    format!(
+                        "{path:?} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)"
+                    ),
+                ));
+            }
+            Some(pem)
+        }
+        None => None,
+    };
     let d = RedisConfig::defaults(target);
     Ok(RedisConfig {
         key_prefix: r.key_prefix.unwrap_or(d.key_prefix),
@@ -689,6 +716,7 @@ fn build_redis(doc: &Doc, r: RawRedis) -> Result<RedisConfig, ConfigError> {
         max_entry_size: r.max_entry_size.map_or(d.max_entry_size, |h| h.0 .0),
         breaker_errors: r.breaker_errors.unwrap_or(d.breaker_errors),
         breaker_cooldown: r.breaker_cooldown.map_or(d.breaker_cooldown, |h| h.0),
+        ca_pem,
         target: d.target,
     })
 }

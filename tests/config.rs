@@ -187,6 +187,12 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "must be at least 1",
     ),
     (
+        "redis_ca_file_missing.toml",
+        "3:11",
+        "redis.ca_file",
+        r#"cannot read "/nonexistent/augur/redis-ca.pem""#,
+    ),
+    (
         "redis_timeout_zero.toml",
         "3:11",
         "redis.timeout",
@@ -465,6 +471,9 @@ fn redis_section_is_optional_with_defaults() {
     );
     let text = format!("{MINIMAL}\n[redis]\nurl = \"unix:///run/redis/redis.sock\"\n");
     assert!(Config::from_str(&text, "u.toml").unwrap().redis.is_some());
+    let text = format!("{MINIMAL}\n[redis]\nurl = \"rediss://redis.internal:6380\"\n");
+    let r = Config::from_str(&text, "tls.toml").unwrap().redis.unwrap();
+    assert_eq!(r.ca_pem, None, "no ca_file: the system's trust store");
 }
 
 #[test]

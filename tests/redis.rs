@@ -434,6 +434,27 @@ async fn redis_down_at_start_serves_from_l1_then_connects() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_rediss_with_a_private_ca() {
+    let redis = RedisServer::start_tls();
+    let up = Upstream::start().await;
+    let extra = format!("ca_file = \"{}\"", redis.ca_file().display());
+    let cfg = config(up.addr, &redis_section(&redis.url(), &extra));
+    assert!(redis.url().starts_with("rediss://"));
+    let a = Proxy::start(cfg.clone()).await;
+    let b = Proxy::start(cfg).await;
+    l2_ready(&a).await;
+    l2_ready(&b).await;
+    let pq = format!("/tls?{CACHED}");
+    assert_eq!(fetch(&a, &pq).await.x_cache(), "MISS");
+    eventually(Duration::from_secs(5), "write-behind over TLS", || async {
+        keys(&redis).len() == 1
+    })
+    .await;
+    assert_eq!(fetch(&b, &pq).await.header("x-cache-tier"), "L2");
+    assert_eq!(up.count(&pq), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_spreads_keys_shares_and_purges() {
     let cluster = RedisCluster::start();
     let up = Upstream::start().await;

@@ -24,7 +24,7 @@ use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, FromRedisValue, RedisResult};
+use redis::{Cmd, FromRedisValue, RedisResult, TlsCertificates};
 
 use super::entry::{CodecError, Entry};
 use crate::config::{RedisConfig, RedisTarget};
@@ -112,6 +112,7 @@ pub struct L2 {
     timeout: Duration,
     connect_timeout: Duration,
     max_entry_size: u64,
+    ca_pem: Option<Vec<u8>>,
     conn: RwLock<Option<Conn>>,
     breaker: Breaker,
     last_error: Mutex<Option<String>>,
@@ -129,6 +130,7 @@ impl L2 {
             timeout: cfg.timeout,
             connect_timeout: cfg.connect_timeout,
             max_entry_size: cfg.max_entry_size,
+            ca_pem: cfg.ca_pem.clone(),
             conn: RwLock::new(None),
             breaker: Breaker::new(cfg.breaker_errors, cfg.breaker_cooldown),
             last_error: Mutex::new(Some("connecting".to_owned())),
@@ -373,10 +375,25 @@ impl L2 {
         self.admin_op::<u64>(conn, &cmd).await.map(|_| ())
     }
 
+    /// `rediss://` with `ca_file` trusts that CA; otherwise the system's roots.
+    fn certs(&self) -> Option<TlsCertificates> {
+        self.ca_pem.as_ref().map(|pem| TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.clone()),
+        })
+    }
+
+    fn client(&self, url: &str) -> RedisResult<redis::Client> {
+        match self.certs() {
+            Some(certs) if url.starts_with("rediss:") => redis::Client::build_with_tls(url, certs),
+            _ => redis::Client::open(url),
+        }
+    }
+
     async fn connect(&self) -> RedisResult<Conn> {
         match &self.target {
             RedisTarget::Single(url) => {
-                let client = redis::Client::open(url.as_str())?;
+                let client = self.client(url)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(self.connect_timeout))
                     .set_response_timeout(Some(self.connect_timeout.max(self.timeout)))
@@ -386,11 +403,14 @@ impl L2 {
                 ))
             }
             RedisTarget::Cluster(nodes) => {
-                let client = ClusterClientBuilder::new(nodes.clone())
+                let mut builder = ClusterClientBuilder::new(nodes.clone())
                     .connection_timeout(self.connect_timeout)
                     .response_timeout(self.connect_timeout.max(self.timeout))
-                    .retries(1)
-                    .build()?;
+                    .retries(1);
+                if let Some(certs) = self.certs() {
+                    builder = builder.certs(certs);
+                }
+                let client = builder.build()?;
                 Ok(Conn::Cluster(client.get_async_connection().await?))
             }
         }
@@ -447,7 +467,7 @@ impl L2 {
         let mut last = None;
         for node in nodes {
             let attempt = async {
-                let mut ps = redis::Client::open(node)?.get_async_pubsub().await?;
+                let mut ps = self.client(node)?.get_async_pubsub().await?;
                 ps.subscribe(&self.channel).await?;
                 Ok::<_, redis::RedisError>(ps)
             };

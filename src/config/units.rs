@@ -224,8 +224,8 @@ impl HumanUnit for RedisUrl {
     }
 }
 
-/// Whether this build speaks TLS to Redis.
-const REDIS_TLS: bool = false;
+/// Whether this build speaks TLS to Redis (rustls).
+const REDIS_TLS: bool = true;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -42,6 +42,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     cluster: bool,
+    /// `Some(CA PEM)`: TLS only (`rediss://`), with a server certificate signed by this CA.
+    tls_ca: Option<Vec<u8>>,
     child: Option<Child>,
 }
 
@@ -57,8 +59,90 @@ impl RedisServer {
             port: free_port(false),
             dir: tempfile::tempdir().unwrap(),
             cluster: false,
+            tls_ca: None,
             child: None,
         }
+    }
+
+    /// A TLS-only server (`rediss://`) with a fresh test CA made by the `openssl` CLI.
+    pub fn start_tls() -> RedisServer {
+        require("redis-server");
+        require("openssl");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("running openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=augur-test-ca",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let ca = std::fs::read(d.join("ca.crt")).unwrap();
+        let mut s = RedisServer {
+            port: free_port(false),
+            dir,
+            cluster: false,
+            tls_ca: Some(ca),
+            child: None,
+        };
+        s.try_start()
+            .unwrap_or_else(|e| panic!("TLS redis-server did not start: {e}"));
+        s
+    }
+
+    /// The CA file that verifies a TLS server.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
     }
 
     fn start_inner(cluster: bool) -> RedisServer {
@@ -70,6 +154,7 @@ impl RedisServer {
                 port: free_port(cluster),
                 dir: tempfile::tempdir().unwrap(),
                 cluster,
+                tls_ca: None,
                 child: None,
             };
             match s.try_start() {
@@ -82,8 +167,17 @@ impl RedisServer {
 
     fn try_start(&mut self) -> Result<(), String> {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
+        if self.tls_ca.is_some() {
+            let p = |f: &str| self.dir.path().join(f).display().to_string();
+            cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .args(["--tls-cert-file", &p("server.crt")])
+                .args(["--tls-key-file", &p("server.key")])
+                .args(["--tls-ca-cert-file", &p("ca.crt")])
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            cmd.args(["--port", &self.port.to_string()]);
+        }
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
             .args(["--dir", &self.dir.path().display().to_string()]);
@@ -116,8 +210,21 @@ impl RedisServer {
         Err("no PONG within 5s".to_owned())
     }
 
+    fn client(&self) -> redis::RedisResult<redis::Client> {
+        match &self.tls_ca {
+            Some(ca) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            None => redis::Client::open(self.url()),
+        }
+    }
+
     fn ping(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.url()) else {
+        let Ok(client) = self.client() else {
             return false;
         };
         let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200)) else {
@@ -127,12 +234,17 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// A plain synchronous connection for the test's own checks.
     pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
+        self.client()
             .unwrap()
             .get_connection_with_timeout(Duration::from_secs(2))
             .unwrap()
