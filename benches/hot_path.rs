@@ -12,6 +12,7 @@ use std::time::Duration;
 use augur::cache::entry::{Compression, Entry, StoredBody};
 use augur::cache::memory::Memory;
 use augur::cache::policy;
+use augur::cache::redis;
 use augur::cache::Clock;
 use augur::config::Config;
 use augur::key::CacheKey;
@@ -123,6 +124,25 @@ fn l1(c: &mut Criterion) {
     g.finish();
 }
 
+/// The L2 hit path without the network: what the leader does with the bytes a Redis GET
+/// returned (decode + blake3 verify + freshness check) and the promotion into L1.
+fn l2_hit(c: &mut Criterion) {
+    let m = Memory::new(64 << 20, 8 << 20, metrics::Counter::noop());
+    let key = CacheKey([9; 16]);
+    let mut g = c.benchmark_group("l2_hit");
+    for size in [1024usize, 16 * 1024] {
+        let enc = entry(size).encode();
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(format!("decode_verify_promote/{size}"), |b| {
+            b.iter(|| {
+                let e = redis::decode_fresh(black_box(&enc), 1_000).unwrap();
+                m.insert(key, Arc::new(e));
+            })
+        });
+    }
+    g.finish();
+}
+
 fn policy_decide(c: &mut Criterion) {
     let req = HeaderMap::new();
     let mut resp = HeaderMap::new();
@@ -206,6 +226,6 @@ fn hit_path(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = codec, l1, policy_decide, hit_path
+    targets = codec, l1, l2_hit, policy_decide, hit_path
 }
 criterion_main!(benches);

@@ -4,9 +4,9 @@
 //! |---|---|---|
 //! | GET | `/metrics` | Prometheus text exposition |
 //! | GET | `/healthz` | liveness: 200 `ok` while the process serves |
-//! | GET | `/readyz` | readiness: 200 `ready`, 503 `draining` once shutdown began |
-//! | POST | `/purge?url=<absolute URL>` | drop the stored GET response for that URL (send the route's key headers too) |
-//! | POST | `/purge/all` | drop every stored response |
+//! | GET | `/readyz` | readiness: 200 `ready`, 503 `draining` once shutdown began; with `[redis]`, 200 JSON that says `degraded` and why while Redis is unusable |
+//! | POST | `/purge?url=<absolute URL>` | drop the stored GET response for that URL (send the route's key headers too), in L2 and every instance's L1 |
+//! | POST | `/purge/all` | drop every stored response, in L2 and every instance's L1 |
 //! | GET | `/cache` | JSON: entries, bytes, budget |
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,7 +49,20 @@ impl Admin {
             }
             (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
             (&Method::GET, "/readyz") => {
-                if self.ready.load(Ordering::Acquire) {
+                let ready = self.ready.load(Ordering::Acquire);
+                if let (true, Some(l2)) = (ready, self.proxy.cache().l2_health()) {
+                    // Redis trouble is not unreadiness: L1 and the upstream still answer.
+                    let body = serde_json::json!({
+                        "status": if l2.degraded() { "degraded" } else { "ready" },
+                        "l2": {
+                            "connected": l2.connected,
+                            "breaker": l2.breaker,
+                            "reason": l2.reason,
+                        },
+                    })
+                    .to_string();
+                    text(StatusCode::OK, "application/json", body)
+                } else if ready {
                     text(StatusCode::OK, "text/plain", "ready\n".into())
                 } else {
                     text(
@@ -69,19 +82,19 @@ impl Admin {
                 text(StatusCode::OK, "application/json", body)
             }
             (&Method::POST, "/purge/all") => {
-                self.proxy.cache().clear();
+                self.proxy.cache().invalidate_all().await;
                 text(
                     StatusCode::OK,
                     "application/json",
                     r#"{"purged":"all"}"#.into(),
                 )
             }
-            (&Method::POST, "/purge") => self.purge(&req),
+            (&Method::POST, "/purge") => self.purge(&req).await,
             _ => json_error(StatusCode::NOT_FOUND, "not_found", "unknown admin endpoint"),
         }
     }
 
-    fn purge(&self, req: &Request<Incoming>) -> Response<Body> {
+    async fn purge(&self, req: &Request<Incoming>) -> Response<Body> {
         let Some(url) = req.uri().query().and_then(|q| {
             q.split('&')
                 .find_map(|kv| kv.strip_prefix("url="))
@@ -130,7 +143,7 @@ impl Admin {
             &route.cfg.key_headers,
             req.headers(),
         );
-        let removed = self.proxy.cache().remove(&key);
+        let removed = self.proxy.cache().invalidate(&key).await;
         let body = serde_json::json!({ "purged": removed, "key": key.to_hex() }).to_string();
         text(StatusCode::OK, "application/json", body)
     }

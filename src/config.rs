@@ -26,7 +26,7 @@ use http::{HeaderName, Method, Uri};
 use serde::Deserialize;
 
 use span::{Doc, SpanIndex};
-use units::{fmt_size, parse_size, ByteSize, Human, HumanUnit};
+use units::{fmt_size, parse_size, ByteSize, Human, HumanUnit, RedisUrl};
 
 // ───────────────────────────── validated types (the contract) ─────────────────────────────
 
@@ -36,6 +36,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamDefaults,
     pub cache: CacheConfig,
+    /// `None` = no `[redis]` section: no second tier, Augur runs on L1 alone.
+    pub redis: Option<RedisConfig>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -76,6 +78,52 @@ pub struct CacheConfig {
     pub compression_threshold: u64,
     pub default_ttl: Duration,
     pub coalesce_timeout: Duration,
+}
+
+/// `[redis]`: the shared second tier (L2) of a fleet.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub target: RedisTarget,
+    /// Prepended to every key and to the pub/sub channel (`<prefix>invalidate`).
+    pub key_prefix: String,
+    /// Deadline of one Redis operation on the request path (GET); past it the request goes on
+    /// without L2.
+    pub timeout: Duration,
+    /// Deadline of one connection attempt (the background reconnect loop).
+    pub connect_timeout: Duration,
+    /// Encoded entries larger than this are kept in L1 only.
+    pub max_entry_size: u64,
+    /// Consecutive failed operations that open the circuit breaker (L2 is skipped).
+    pub breaker_errors: u32,
+    /// How long an open breaker skips L2 before one probe is let through.
+    pub breaker_cooldown: Duration,
+    /// PEM certificates that verify a `rediss://` server (read at load time); `None` = the
+    /// system's trust store.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// Where the second tier lives. URLs are checked by the `redis` crate's own parser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `redis://`, `rediss://` or `unix://`.
+    Single(String),
+    /// Seed nodes of a Redis Cluster; the rest of the topology is discovered.
+    Cluster(Vec<String>),
+}
+
+impl RedisConfig {
+    fn defaults(target: RedisTarget) -> RedisConfig {
+        RedisConfig {
+            target,
+            key_prefix: "augur:".to_owned(),
+            timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_secs(1),
+            max_entry_size: MIB,
+            breaker_errors: 5,
+            breaker_cooldown: Duration::from_secs(1),
+            ca_pem: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -178,6 +226,8 @@ struct RawConfig {
     /// The in-process response cache.
     #[serde(default)]
     cache: RawCache,
+    /// The shared second tier. Absent = none.
+    redis: Option<RawRedis>,
     /// Routes, matched in file order; the first match wins. At least one is required.
     #[serde(default)]
     route: Vec<RawRoute>,
@@ -242,6 +292,32 @@ struct RawCache {
     /// How long concurrent misses for one key wait for the leader's response before fetching
     /// themselves. Default `"10s"`.
     coalesce_timeout: Option<Human<Duration>>,
+}
+
+/// `[redis]`: Redis (or Redis Cluster) as the second tier shared by a fleet.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    /// `redis://[USER:PASS@]HOST[:PORT][/DB]`, `rediss://…` (TLS) or `unix:///path/redis.sock`.
+    /// Exactly one of `url` / `cluster`.
+    url: Option<Human<RedisUrl>>,
+    /// Redis Cluster seed nodes, e.g. `["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]`.
+    cluster: Option<Vec<Human<RedisUrl>>>,
+    /// Prefix of every key and of the invalidation channel. Default `"augur:"`.
+    key_prefix: Option<String>,
+    /// Deadline of one operation on the request path. Default `"50ms"`.
+    timeout: Option<Human<Duration>>,
+    /// Deadline of one connection attempt. Default `"1s"`.
+    connect_timeout: Option<Human<Duration>>,
+    /// Larger encoded entries stay in L1 only. Default `"1MiB"`.
+    max_entry_size: Option<Human<ByteSize>>,
+    /// Consecutive failures that open the circuit breaker. Default 5, at least 1.
+    breaker_errors: Option<u32>,
+    /// How long the open breaker skips Redis before probing. Default `"1s"`.
+    breaker_cooldown: Option<Human<Duration>>,
+    /// PEM file of the CA(s) that sign the Redis server's certificate, for `rediss://` with a
+    /// private CA. Default: the system's trust store.
+    ca_file: Option<String>,
 }
 
 /// `[[route]]`
@@ -335,6 +411,25 @@ fn check_limits(c: &Config) -> Result<(), Violation> {
             fmt_size(c.cache.memory)
         );
         return v("cache.max_entry_size", Some("cache.memory"), msg);
+    }
+    if let Some(r) = &c.redis {
+        zero("redis.timeout", r.timeout)?;
+        zero("redis.connect_timeout", r.connect_timeout)?;
+        zero("redis.breaker_cooldown", r.breaker_cooldown)?;
+        if r.breaker_errors == 0 {
+            return v(
+                "redis.breaker_errors",
+                None,
+                "must be at least 1".to_owned(),
+            );
+        }
+        if r.max_entry_size == 0 {
+            return v(
+                "redis.max_entry_size",
+                None,
+                "must be greater than 0 (remove [redis] to run without a second tier)".to_owned(),
+            );
+        }
     }
     if !(1..=19).contains(&c.cache.compression_level) {
         let msg = format!(
@@ -434,6 +529,14 @@ impl Config {
             "AUGUR_CACHE_MEMORY" => self.cache.memory = parse_size(value)?,
             "AUGUR_CACHE_MAX_ENTRY_SIZE" => self.cache.max_entry_size = parse_size(value)?,
             "AUGUR_CACHE_DEFAULT_TTL" => self.cache.default_ttl = Duration::parse(value)?,
+            "AUGUR_REDIS_URL" => {
+                // Replaces the file's url or cluster; adds a [redis] with defaults if none.
+                let target = RedisTarget::Single(RedisUrl::parse(value)?.0);
+                match &mut self.redis {
+                    Some(r) => r.target = target,
+                    None => self.redis = Some(RedisConfig::defaults(target)),
+                }
+            }
             "AUGUR_UPSTREAM_TIMEOUT" => {
                 let (old, new) = (self.upstream.timeout, Duration::parse(value)?);
                 self.upstream.timeout = new;
@@ -465,6 +568,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("AUGUR_CACHE_MEMORY", "cache.memory"),
     ("AUGUR_CACHE_MAX_ENTRY_SIZE", "cache.max_entry_size"),
     ("AUGUR_CACHE_DEFAULT_TTL", "cache.default_ttl"),
+    ("AUGUR_REDIS_URL", "redis.url"),
     ("AUGUR_UPSTREAM_TIMEOUT", "upstream.timeout"),
     ("AUGUR_UPSTREAM_CONNECT_TIMEOUT", "upstream.connect_timeout"),
 ];
@@ -536,11 +640,84 @@ fn build(doc: &Doc, raw: RawConfig) -> Result<Config, ConfigError> {
         names.insert(r.name.clone(), i);
         routes.push(build_route(doc, i, r, &upstream)?);
     }
+    let redis = match raw.redis {
+        Some(r) => Some(build_redis(doc, r)?),
+        None => None,
+    };
     Ok(Config {
         server,
         upstream,
         cache,
+        redis,
         routes,
+    })
+}
+
+fn build_redis(doc: &Doc, r: RawRedis) -> Result<RedisConfig, ConfigError> {
+    let target = match (r.url, r.cluster) {
+        (Some(_), Some(_)) => {
+            return Err(doc.err(
+                "redis.cluster",
+                "both url and cluster are set (use url for one Redis, cluster for Redis Cluster seed nodes)",
+            ));
+        }
+        (Some(url), None) => RedisTarget::Single(url.0 .0),
+        (None, Some(nodes)) if nodes.is_empty() => {
+            return Err(doc.err(
+                "redis.cluster",
+                r#"empty list (name at least one node, e.g. ["redis://10.0.0.1:6379"])"#,
+            ));
+        }
+        (None, Some(nodes)) => {
+            let mut urls = Vec::with_capacity(nodes.len());
+            for (i, n) in nodes.into_iter().enumerate() {
+                if n.0 .0.starts_with("unix:") || n.0 .0.starts_with("redis+unix:") {
+                    return Err(doc.err(
+                        &format!("redis.cluster[{i}]"),
+                        "cluster nodes are reached over TCP (use redis:// or rediss://)",
+                    ));
+                }
+                urls.push(n.0 .0);
+            }
+            RedisTarget::Cluster(urls)
+        }
+        (None, None) => {
+            return Err(doc.err(
+                "redis",
+                r#"[redis] needs `url` (e.g. "redis://127.0.0.1:6379") or `cluster` (a list of node URLs); remove the section to run without Redis"#,
+            ));
+        }
+    };
+    let ca_pem = match r.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(&path).map_err(|e| {
+                doc.err(
+                    "redis.ca_file",
+                    format!("cannot read {path:?}: {e} (a PEM file of CA certificates)"),
+                )
+            })?;
+            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                return Err(doc.err(
+                    "redis.ca_file",
+                    format!(
+                        "{path:?} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)"
+                    ),
+                ));
+            }
+            Some(pem)
+        }
+        None => None,
+    };
+    let d = RedisConfig::defaults(target);
+    Ok(RedisConfig {
+        key_prefix: r.key_prefix.unwrap_or(d.key_prefix),
+        timeout: r.timeout.map_or(d.timeout, |h| h.0),
+        connect_timeout: r.connect_timeout.map_or(d.connect_timeout, |h| h.0),
+        max_entry_size: r.max_entry_size.map_or(d.max_entry_size, |h| h.0 .0),
+        breaker_errors: r.breaker_errors.unwrap_or(d.breaker_errors),
+        breaker_cooldown: r.breaker_cooldown.map_or(d.breaker_cooldown, |h| h.0),
+        ca_pem,
+        target: d.target,
     })
 }
 

@@ -9,9 +9,10 @@
 //!                                                    route key headers ─► blake3, 128 bits
 //!   cache    cache.lookup_or_fetch(key, fetch)       L1 (quick_cache, byte-weighted)
 //!              ├─ memory   fresh ─► HIT │ stale or vacant ─► join or lead the flight
+//!              ├─ redis    ([redis]) the leader asks L2 ─► HIT (x-cache-tier: L2), promote to L1
 //!              ├─ upstream only the leader fetches; others wait (coalesced, with a deadline)
 //!              ├─ policy   storable? how fresh? (RFC 9111 + route TTL) ─► store or pass
-//!              └─ entry    zstd-encode once; L1 insert
+//!              └─ entry    zstd-encode once; L1 insert; L2 write-behind (spawned)
 //!   respond  entry ─► response (Age, x-cache), pass-through streamed
 //! admin    /metrics /healthz /readyz /purge … on its own listener
 //! ```

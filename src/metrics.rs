@@ -72,6 +72,35 @@ impl RouteMetrics {
     }
 }
 
+/// Handles of the Redis second tier, registered only when `[redis]` is configured
+/// ([`Metrics::l2`]), so an instance without Redis exposes exactly what it did before.
+pub struct L2Metrics {
+    /// `augur_l2_requests_total{result}`: lookups by outcome.
+    pub get_hit: Counter,
+    pub get_miss: Counter,
+    pub get_error: Counter,
+    pub get_timeout: Counter,
+    /// A value that failed to decode or verify (never served).
+    pub get_corrupt: Counter,
+    /// Not asked: not connected yet, or the breaker is open.
+    pub get_skipped: Counter,
+    /// `augur_l2_writes_total{result}`: write-behind SETs by outcome.
+    pub set_ok: Counter,
+    pub set_error: Counter,
+    pub set_timeout: Counter,
+    pub set_skipped: Counter,
+    pub set_too_large: Counter,
+    /// `augur_l2_duration_seconds{op}`
+    pub get_duration: Histogram,
+    pub set_duration: Histogram,
+    /// `augur_l2_breaker_state`: 0 closed, 1 open, 2 half-open.
+    pub breaker_state: Gauge,
+    /// `augur_l2_connected`: 1 once a connection is established.
+    pub connected: Gauge,
+    /// `augur_l2_invalidations_received_total`: pub/sub messages applied to L1.
+    pub invalidations: Counter,
+}
+
 /// The registry and every handle Augur records into.
 pub struct Metrics {
     recorder: PrometheusRecorder,
@@ -207,6 +236,62 @@ impl Metrics {
     /// samples do not pile up between scrapes.
     pub fn upkeep(&self) {
         self.handle.run_upkeep();
+    }
+
+    /// Register the Redis tier's handles (once, when `[redis]` is configured).
+    pub fn l2(&self) -> L2Metrics {
+        let r = &self.recorder;
+        describe(
+            r,
+            "augur_l2_requests_total",
+            "L2 (Redis) lookups by result: hit, miss, error, timeout, corrupt, skipped.",
+        );
+        describe(
+            r,
+            "augur_l2_writes_total",
+            "L2 (Redis) write-behind SETs by result: ok, error, timeout, skipped, too_large.",
+        );
+        describe(
+            r,
+            "augur_l2_duration_seconds",
+            "L2 (Redis) operation latency, by op (get, set).",
+        );
+        describe(
+            r,
+            "augur_l2_breaker_state",
+            "L2 circuit breaker: 0 closed, 1 open (Redis skipped), 2 half-open (probing).",
+        );
+        describe(
+            r,
+            "augur_l2_connected",
+            "1 once a Redis connection is established, 0 while connecting.",
+        );
+        describe(
+            r,
+            "augur_l2_invalidations_received_total",
+            "Invalidation messages received over Redis pub/sub and applied to L1.",
+        );
+        let get = |result: &str| counter(r, "augur_l2_requests_total", &[("result", result)]);
+        let set = |result: &str| counter(r, "augur_l2_writes_total", &[("result", result)]);
+        let dur = |op: &str| histogram(r, "augur_l2_duration_seconds", &[("op", op)]);
+        L2Metrics {
+            get_hit: get("hit"),
+            get_miss: get("miss"),
+            get_error: get("error"),
+            get_timeout: get("timeout"),
+            get_corrupt: get("corrupt"),
+            get_skipped: get("skipped"),
+            set_ok: set("ok"),
+            set_error: set("error"),
+            set_timeout: set("timeout"),
+            set_skipped: set("skipped"),
+            set_too_large: set("too_large"),
+            get_duration: dur("get"),
+            set_duration: dur("set"),
+            breaker_state: gauge(r, "augur_l2_breaker_state"),
+            connected: gauge(r, "augur_l2_connected"),
+            invalidations: counter(r, "augur_l2_invalidations_received_total", &[]),
+        }
     }
 
     /// The recorder, for registering further handles (later subsystems).

@@ -27,6 +27,8 @@ use crate::upstream::{self, buffer_body, Buffered, Upstream, UpstreamBody};
 const BLOCKING_COMPRESS: usize = 256 * 1024;
 
 static X_CACHE: http::HeaderName = http::HeaderName::from_static("x-cache");
+/// `L2` on a hit served from Redis (`x-cache` stays `HIT`).
+static X_CACHE_TIER: http::HeaderName = http::HeaderName::from_static("x-cache-tier");
 
 /// Everything the request path needs, built once from the config.
 pub struct Proxy {
@@ -52,6 +54,7 @@ impl Proxy {
             memory: config.cache.memory,
             max_entry_size: config.cache.max_entry_size,
             coalesce_timeout: config.cache.coalesce_timeout,
+            redis: config.redis.clone(),
         };
         Ok(Proxy {
             routes,
@@ -172,6 +175,12 @@ impl Proxy {
         let zstd = accepts_zstd(&parts.headers);
         match self.cache.lookup_or_fetch(key, fetch).await {
             Outcome::Hit(e) => (CacheStatus::Hit, self.respond(&e, zstd, key)),
+            Outcome::HitL2(e) => {
+                let mut resp = self.respond(&e, zstd, key);
+                resp.headers_mut()
+                    .insert(X_CACHE_TIER.clone(), HeaderValue::from_static("L2"));
+                (CacheStatus::Hit, resp)
+            }
             Outcome::Miss(e) | Outcome::Coalesced(e) => {
                 (CacheStatus::Miss, self.respond(&e, zstd, key))
             }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use augur::config::{Config, LogFormat, QueryKey};
+use augur::config::{Config, LogFormat, QueryKey, RedisTarget};
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -157,6 +157,48 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "4KiB is too small (must be at least 8KiB)",
     ),
     (
+        "redis_url_and_cluster.toml",
+        "3:11",
+        "redis.cluster",
+        "both url and cluster are set",
+    ),
+    (
+        "redis_bad_url.toml",
+        "2:7",
+        "redis.url",
+        "scheme must be redis, rediss or unix",
+    ),
+    (
+        "redis_no_target.toml",
+        "5:1",
+        "redis",
+        "[redis] needs `url`",
+    ),
+    (
+        "redis_cluster_unix.toml",
+        "2:37",
+        "redis.cluster[1]",
+        "cluster nodes are reached over TCP",
+    ),
+    (
+        "redis_breaker_errors_zero.toml",
+        "3:18",
+        "redis.breaker_errors",
+        "must be at least 1",
+    ),
+    (
+        "redis_ca_file_missing.toml",
+        "3:11",
+        "redis.ca_file",
+        r#"cannot read "/nonexistent/augur/redis-ca.pem""#,
+    ),
+    (
+        "redis_timeout_zero.toml",
+        "3:11",
+        "redis.timeout",
+        "must be greater than 0s",
+    ),
+    (
         "worker_threads.toml",
         "2:18",
         "server.worker_threads",
@@ -248,6 +290,7 @@ fn shipped_proxy_toml_examples_are_valid() {
         "example route not uncommented"
     );
     let config = Config::from_str(&uncommented, "proxy.toml (uncommented)").unwrap();
+    assert!(config.redis.is_some(), "[redis] example not uncommented");
     let users = &config.routes[1];
     assert_eq!(users.path_pattern.as_deref(), Some("/users/*/orders"));
     assert_eq!(users.path_prefix, None);
@@ -390,4 +433,67 @@ fn env_override_errors_name_the_variable() {
             "{var}={value}: got {err:?}, expected {expected:?}"
         );
     }
+}
+
+#[test]
+fn redis_section_is_optional_with_defaults() {
+    assert!(Config::from_str(MINIMAL, "minimal.toml")
+        .unwrap()
+        .redis
+        .is_none());
+    let text = format!("{MINIMAL}\n[redis]\nurl = \"redis://10.0.0.9:6379/2\"\n");
+    let r = Config::from_str(&text, "r.toml").unwrap().redis.unwrap();
+    assert_eq!(
+        r.target,
+        RedisTarget::Single("redis://10.0.0.9:6379/2".into())
+    );
+    assert_eq!(r.key_prefix, "augur:");
+    assert_eq!(r.timeout, Duration::from_millis(50));
+    assert_eq!(r.connect_timeout, Duration::from_secs(1));
+    assert_eq!(r.max_entry_size, 1 << 20);
+    assert_eq!(r.breaker_errors, 5);
+    assert_eq!(r.breaker_cooldown, Duration::from_secs(1));
+
+    let text = format!(
+        "{MINIMAL}\n[redis]\ncluster = [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"]\nkey_prefix = \"shop:\"\ntimeout = \"20ms\"\nmax_entry_size = \"256KiB\"\n"
+    );
+    let r = Config::from_str(&text, "c.toml").unwrap().redis.unwrap();
+    assert_eq!(
+        r.target,
+        RedisTarget::Cluster(vec![
+            "redis://10.0.0.1:7000".into(),
+            "redis://10.0.0.2:7000".into()
+        ])
+    );
+    assert_eq!(
+        (r.key_prefix.as_str(), r.timeout, r.max_entry_size),
+        ("shop:", Duration::from_millis(20), 256 << 10)
+    );
+    let text = format!("{MINIMAL}\n[redis]\nurl = \"unix:///run/redis/redis.sock\"\n");
+    assert!(Config::from_str(&text, "u.toml").unwrap().redis.is_some());
+    let text = format!("{MINIMAL}\n[redis]\nurl = \"rediss://redis.internal:6380\"\n");
+    let r = Config::from_str(&text, "tls.toml").unwrap().redis.unwrap();
+    assert_eq!(r.ca_pem, None, "no ca_file: the system's trust store");
+}
+
+#[test]
+fn redis_url_from_the_environment() {
+    let mut c = Config::from_str(MINIMAL, "minimal.toml").unwrap();
+    c.apply_env(env(&[("AUGUR_REDIS_URL", "redis://redis.internal:6379")]))
+        .unwrap();
+    let r = c.redis.unwrap();
+    assert_eq!(
+        r.target,
+        RedisTarget::Single("redis://redis.internal:6379".into())
+    );
+    assert_eq!(r.key_prefix, "augur:");
+    let mut c = Config::from_str(MINIMAL, "minimal.toml").unwrap();
+    let err = c
+        .apply_env(env(&[("AUGUR_REDIS_URL", "http://x")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(r#"AUGUR_REDIS_URL: invalid Redis URL "http://x""#),
+        "{err}"
+    );
 }

@@ -1,5 +1,7 @@
-//! `lookup_or_fetch`: L1 ─► (coalesced) fetch ─► store. The cache never names the upstream: it
-//! is handed the fetch as a closure, so real requests and background work share one path.
+//! `lookup_or_fetch`: L1 ─► (leader only) L2 ─► (coalesced) fetch ─► store (L1, L2 write-behind).
+//! The cache never names the upstream: it is handed the fetch as a closure, so real requests and
+//! background work share one path. L2 (`redis`, optional) is asked by the flight's leader only,
+//! so a burst of misses costs Redis one GET, like it costs the upstream one request.
 //!
 //! Coalescing is Augur's own in-flight table rather than quick_cache's placeholder guard: when a
 //! guard's holder does not insert (the response was uncacheable, or failed), quick_cache hands
@@ -13,6 +15,7 @@
 pub mod entry;
 pub mod memory;
 pub mod policy;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,7 +27,9 @@ use http::Response;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use self::redis::{Invalidation, L2Health, L2};
 use crate::body::Body;
+use crate::config::RedisConfig;
 use crate::error::ProxyError;
 use crate::key::CacheKey;
 pub use crate::metrics::CacheStatus;
@@ -85,6 +90,8 @@ pub enum Fetched {
 pub enum Outcome {
     /// Fresh in L1.
     Hit(Arc<Entry>),
+    /// Fresh in L2 (Redis), promoted into L1 (also for waiters of a leader that found it there).
+    HitL2(Arc<Entry>),
     /// Fetched by this caller and stored.
     Miss(Arc<Entry>),
     /// Fetched by a concurrent request this caller waited for.
@@ -98,6 +105,7 @@ pub enum Outcome {
 enum Flight {
     Pending,
     Stored(Arc<Entry>),
+    FromL2(Arc<Entry>),
     Pass,
     Failed(ProxyError),
     Abandoned,
@@ -112,18 +120,21 @@ pub struct CacheSettings {
     pub memory: u64,
     pub max_entry_size: u64,
     pub coalesce_timeout: Duration,
+    /// `None` = no second tier.
+    pub redis: Option<RedisConfig>,
 }
 
 /// The share of the memory budget kept for decompressed copies of hot compressed bodies.
 const DECODED_SHARE: u64 = 8;
 
-/// The cache: L1 plus the in-flight table.
+/// The cache: L1, the optional shared L2, and the in-flight table.
 pub struct Cache {
-    memory: Memory,
+    memory: Arc<Memory>,
     /// Decompressed bodies of recently served zstd entries, keyed like L1 and tagged with the
     /// entry they came from: a hot compressed entry is decompressed once, not on every hit by a
     /// client that does not accept zstd. Byte-bounded; its share is taken out of the budget.
     decoded: DecodedBodies,
+    l2: Option<Arc<L2>>,
     inflight: Mutex<HashMap<CacheKey, watch::Sender<Flight>>>,
     pass_marks: Mutex<HashMap<CacheKey, u64>>,
     coalesce_timeout: Duration,
@@ -135,13 +146,27 @@ impl Cache {
     pub fn new(settings: &CacheSettings, clock: Clock, metrics: Arc<Metrics>) -> Cache {
         metrics.cache_capacity.set(settings.memory as f64);
         let decoded_budget = settings.memory / DECODED_SHARE;
+        let memory = Arc::new(Memory::new(
+            settings.memory - decoded_budget,
+            settings.max_entry_size,
+            metrics.cache_evictions.clone(),
+        ));
+        let l2 = settings.redis.as_ref().map(|cfg| {
+            let l2 = Arc::new(L2::new(cfg, metrics.l2()));
+            // Other instances' purges (and our own, echoed) drop keys from this L1.
+            let l1 = memory.clone();
+            l2.start(Arc::new(move |what| match what {
+                Invalidation::Key(key) => {
+                    l1.remove(&key);
+                }
+                Invalidation::All => l1.clear(),
+            }));
+            l2
+        });
         Cache {
-            memory: Memory::new(
-                settings.memory - decoded_budget,
-                settings.max_entry_size,
-                metrics.cache_evictions.clone(),
-            ),
+            memory,
             decoded: DecodedBodies::new(decoded_budget),
+            l2,
             inflight: Mutex::new(HashMap::new()),
             pass_marks: Mutex::new(HashMap::new()),
             coalesce_timeout: settings.coalesce_timeout,
@@ -181,6 +206,10 @@ impl Cache {
         for _ in 0..3 {
             match self.join(key) {
                 Role::Leader(guard) => {
+                    if let Some(entry) = self.l2_lookup(&key).await {
+                        guard.finish(Flight::FromL2(entry.clone()));
+                        return Outcome::HitL2(entry);
+                    }
                     return match fetch().await {
                         Fetched::Stored(entry) => {
                             self.store(key, entry.clone());
@@ -222,6 +251,10 @@ impl Cache {
                             self.metrics.coalesced.increment(1);
                             return Outcome::Coalesced(entry);
                         }
+                        Flight::FromL2(entry) => {
+                            self.metrics.coalesced.increment(1);
+                            return Outcome::HitL2(entry);
+                        }
                         Flight::Failed(e) => {
                             self.metrics.coalesced.increment(1);
                             return Outcome::Failed(e);
@@ -255,8 +288,27 @@ impl Cache {
         }
     }
 
+    /// The leader's L2 step: a fresh, verified entry from Redis, promoted into L1 as it is (its
+    /// response time, initial age and lifetime travel with it, so the age carries over and it
+    /// expires here when it would have expired where it was fetched).
+    async fn l2_lookup(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        let l2 = self.l2.as_ref()?;
+        let entry = Arc::new(l2.get(key, || self.clock.now_ms()).await?);
+        self.memory.insert(*key, entry.clone());
+        Some(entry)
+    }
+
+    /// How long Redis keeps an entry: its remaining freshness. The hook for a stale window
+    /// (stale-while-revalidate / stale-if-error): add it here so L2 still holds the entry.
+    fn l2_ttl_ms(&self, entry: &Entry) -> u64 {
+        entry.ttl_ms(self.clock.now_ms())
+    }
+
     fn store(&self, key: CacheKey, entry: Arc<Entry>) {
         self.pass_marks.lock().remove(&key);
+        if let Some(l2) = &self.l2 {
+            l2.put(key, entry.clone(), self.l2_ttl_ms(&entry));
+        }
         self.memory.insert(key, entry);
         self.metrics.cache_stored.increment(1);
     }
@@ -323,16 +375,45 @@ impl Cache {
         }
     }
 
-    /// Drop `key` from L1.
+    /// Drop `key` from L1 (this instance only; see [`Cache::invalidate`] for the fleet).
     pub fn remove(&self, key: &CacheKey) -> bool {
         self.decoded.cache.remove(key);
         self.memory.remove(key)
     }
 
-    /// Drop everything from L1.
+    /// Drop everything from L1 (this instance only; see [`Cache::invalidate_all`]).
     pub fn clear(&self) {
         self.decoded.cache.clear();
         self.memory.clear();
+    }
+
+    /// Purge `key` everywhere: from L2 first (so nothing promotes it back), then from this L1,
+    /// and, through Redis pub/sub, from every instance's L1. `true` when some tier held it.
+    /// When Redis is unreachable, only this L1 is purged and the error is logged.
+    pub async fn invalidate(&self, key: &CacheKey) -> bool {
+        let in_l2 = match &self.l2 {
+            Some(l2) => l2.invalidate(key).await.unwrap_or_else(|e| {
+                tracing::warn!(key = %key, error = %e, "purge did not reach Redis");
+                false
+            }),
+            None => false,
+        };
+        self.memory.remove(key) || in_l2
+    }
+
+    /// Purge everything under the key prefix in L2 and every instance's L1.
+    pub async fn invalidate_all(&self) {
+        if let Some(l2) = &self.l2 {
+            if let Err(e) = l2.invalidate_all().await {
+                tracing::warn!(error = %e, "purge of everything did not reach Redis");
+            }
+        }
+        self.memory.clear();
+    }
+
+    /// L2's state for `/readyz`; `None` without `[redis]`.
+    pub fn l2_health(&self) -> Option<L2Health> {
+        self.l2.as_ref().map(|l2| l2.health())
     }
 
     /// Refresh the L1 gauges (called at scrape time).

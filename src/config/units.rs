@@ -194,6 +194,39 @@ impl HumanUnit for Uri {
     }
 }
 
+/// A Redis URL: `redis://`, `rediss://` (TLS) or `unix://`, checked by the `redis` crate's
+/// own parser so that what passes here is what the client will accept.
+pub(super) struct RedisUrl(pub(super) String);
+
+impl HumanUnit for RedisUrl {
+    const EXPECTING: &'static str = r#"a Redis URL such as "redis://127.0.0.1:6379""#;
+    fn parse(s: &str) -> Result<Self, String> {
+        let hint = r#"(expected redis://HOST[:PORT][/DB], rediss://HOST[:PORT] or unix:///path/to/redis.sock)"#;
+        let t = s.trim();
+        let scheme = t.split_once("://").map(|(sc, _)| sc.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("redis" | "unix" | "redis+unix") => {}
+            Some("rediss") if REDIS_TLS => {}
+            Some("rediss") => {
+                return Err(format!(
+                    "invalid Redis URL {s:?}: rediss:// (TLS) is not supported by this build (use redis:// on a private network, or a local TLS tunnel such as stunnel)"
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "invalid Redis URL {s:?}: scheme must be redis, rediss or unix {hint}"
+                ))
+            }
+        }
+        redis::IntoConnectionInfo::into_connection_info(t)
+            .map_err(|e| format!("invalid Redis URL {s:?}: {e} {hint}"))?;
+        Ok(RedisUrl(t.to_owned()))
+    }
+}
+
+/// Whether this build speaks TLS to Redis (rustls).
+const REDIS_TLS: bool = true;
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

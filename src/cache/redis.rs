@@ -1,0 +1,697 @@
+//! L2: Redis (or Redis Cluster) as the tier a fleet shares, asked only by the coalescing leader
+//! after an L1 miss, and written behind after a storable upstream response.
+//!
+//! Redis is an optimisation, never a dependency: every operation on the request path has a
+//! deadline (`[redis].timeout`), a circuit breaker skips Redis after `breaker_errors`
+//! consecutive failures and lets one probe through after `breaker_cooldown`, and the connection
+//! is made (and, for a single node, remade by the `redis` crate's connection manager) in the
+//! background, so Augur starts and serves from L1 while Redis is down.
+//!
+//! Values are [`Entry::encode`]'s versioned, checksummed form under `<prefix><hex key>`. A value
+//! that does not decode, verify or is no longer fresh is a miss (and is overwritten by the
+//! refetch's write-behind): never served, never an error for the client.
+//!
+//! Invalidation: a purge deletes the key in Redis and publishes it on `<prefix>invalidate`; every
+//! instance (this one included) drops it from its L1 on receipt. A subscriber that lost its
+//! connection may have missed messages, so on resubscribing it clears its L1.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::{Mutex, RwLock};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, RedisResult, TlsCertificates};
+
+use super::entry::{CodecError, Entry};
+use crate::config::{RedisConfig, RedisTarget};
+use crate::key::CacheKey;
+use crate::metrics::L2Metrics;
+
+/// What an invalidation message asks every instance to drop from its L1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    Key(CacheKey),
+    All,
+}
+
+impl Invalidation {
+    fn encode(self) -> String {
+        match self {
+            Invalidation::Key(k) => format!("key:{}", k.to_hex()),
+            Invalidation::All => "all".to_owned(),
+        }
+    }
+
+    fn decode(payload: &[u8]) -> Option<Invalidation> {
+        let text = std::str::from_utf8(payload).ok()?;
+        if text == "all" {
+            return Some(Invalidation::All);
+        }
+        CacheKey::from_hex(text.strip_prefix("key:")?).map(Invalidation::Key)
+    }
+}
+
+/// Why a value read from L2 is not served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Failed to decode or verify: corrupt, foreign, or written by another version.
+    Corrupt(CodecError),
+    /// Valid but past its freshness lifetime at `now`.
+    Stale,
+}
+
+/// The L2 hit path's pure part: decode, verify, check freshness at `now`.
+pub fn decode_fresh(data: &Bytes, now: u64) -> Result<Entry, Refused> {
+    let entry = Entry::decode(data).map_err(Refused::Corrupt)?;
+    if !entry.is_fresh(now) {
+        return Err(Refused::Stale);
+    }
+    Ok(entry)
+}
+
+/// A connection to one Redis or to a cluster; both are cheap clones of a multiplexed handle.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        }
+    }
+}
+
+/// What `/readyz` reports about L2.
+#[derive(Debug, Clone)]
+pub struct L2Health {
+    pub connected: bool,
+    pub breaker: &'static str,
+    /// The last error, while not connected or while the breaker is not closed.
+    pub reason: Option<String>,
+}
+
+impl L2Health {
+    pub fn degraded(&self) -> bool {
+        !self.connected || self.breaker != "closed"
+    }
+}
+
+/// The second tier.
+pub struct L2 {
+    target: RedisTarget,
+    prefix: String,
+    channel: String,
+    timeout: Duration,
+    connect_timeout: Duration,
+    max_entry_size: u64,
+    ca_pem: Option<Vec<u8>>,
+    conn: RwLock<Option<Conn>>,
+    breaker: Breaker,
+    last_error: Mutex<Option<String>>,
+    metrics: L2Metrics,
+}
+
+impl L2 {
+    pub fn new(cfg: &RedisConfig, metrics: L2Metrics) -> L2 {
+        metrics.connected.set(0.0);
+        metrics.breaker_state.set(0.0);
+        L2 {
+            target: cfg.target.clone(),
+            prefix: cfg.key_prefix.clone(),
+            channel: format!("{}invalidate", cfg.key_prefix),
+            timeout: cfg.timeout,
+            connect_timeout: cfg.connect_timeout,
+            max_entry_size: cfg.max_entry_size,
+            ca_pem: cfg.ca_pem.clone(),
+            conn: RwLock::new(None),
+            breaker: Breaker::new(cfg.breaker_errors, cfg.breaker_cooldown),
+            last_error: Mutex::new(Some("connecting".to_owned())),
+            metrics,
+        }
+    }
+
+    /// Connect and subscribe in the background (reconnecting with backoff). Needs a Tokio
+    /// runtime; without one (a bench building the proxy outside it) L2 stays unconnected.
+    pub fn start(self: &Arc<Self>, on_invalidate: Arc<dyn Fn(Invalidation) + Send + Sync>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("no async runtime: the Redis tier stays disconnected");
+            return;
+        };
+        rt.spawn(self.clone().connect_loop());
+        rt.spawn(self.clone().subscribe_loop(on_invalidate));
+    }
+
+    /// The Redis key of a cache key.
+    pub fn redis_key(&self, key: &CacheKey) -> String {
+        format!("{}{}", self.prefix, key.to_hex())
+    }
+
+    /// Look `key` up: a fresh, verified entry, or `None` (miss, error, timeout, skipped).
+    /// Never waits past the deadline.
+    pub async fn get(&self, key: &CacheKey, now: impl FnOnce() -> u64) -> Option<Entry> {
+        let m = &self.metrics;
+        let Some(conn) = self.usable() else {
+            m.get_skipped.increment(1);
+            return None;
+        };
+        let started = Instant::now();
+        let cmd = redis::cmd("GET").arg(self.redis_key(key)).clone();
+        let got = tokio::time::timeout(self.timeout, conn.query::<Option<Vec<u8>>>(&cmd)).await;
+        m.get_duration.record(started.elapsed().as_secs_f64());
+        let data = match got {
+            Ok(Ok(Some(v))) => Bytes::from(v),
+            Ok(Ok(None)) => {
+                self.breaker.success(m);
+                m.get_miss.increment(1);
+                return None;
+            }
+            Ok(Err(e)) => {
+                self.failed(&e.to_string());
+                m.get_error.increment(1);
+                return None;
+            }
+            Err(_) => {
+                self.failed("GET timed out");
+                m.get_timeout.increment(1);
+                return None;
+            }
+        };
+        self.breaker.success(m);
+        match decode_fresh(&data, now()) {
+            Ok(entry) => {
+                m.get_hit.increment(1);
+                Some(entry)
+            }
+            Err(Refused::Stale) => {
+                m.get_miss.increment(1);
+                None
+            }
+            Err(Refused::Corrupt(e)) => {
+                tracing::warn!(key = %key, error = %e, "L2 value refused; refetching");
+                m.get_corrupt.increment(1);
+                None
+            }
+        }
+    }
+
+    /// Write `entry` behind, in its own task: the client never waits for Redis. `ttl_ms`
+    /// covers the entry's remaining freshness (and whatever stale window the caller adds).
+    pub fn put(self: &Arc<Self>, key: CacheKey, entry: Arc<Entry>, ttl_ms: u64) {
+        if ttl_ms == 0 {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let this = self.clone();
+        rt.spawn(async move {
+            let m = &this.metrics;
+            let Some(conn) = this.usable() else {
+                m.set_skipped.increment(1);
+                return;
+            };
+            let value = entry.encode();
+            if value.len() as u64 > this.max_entry_size {
+                m.set_too_large.increment(1);
+                return;
+            }
+            let cmd = redis::cmd("SET")
+                .arg(this.redis_key(&key))
+                .arg(value.as_ref())
+                .arg("PX")
+                .arg(ttl_ms)
+                .clone();
+            let started = Instant::now();
+            let done = tokio::time::timeout(this.timeout, conn.query::<()>(&cmd)).await;
+            m.set_duration.record(started.elapsed().as_secs_f64());
+            match done {
+                Ok(Ok(())) => {
+                    this.breaker.success(m);
+                    m.set_ok.increment(1);
+                }
+                Ok(Err(e)) => {
+                    this.failed(&e.to_string());
+                    m.set_error.increment(1);
+                }
+                Err(_) => {
+                    this.failed("SET timed out");
+                    m.set_timeout.increment(1);
+                }
+            }
+        });
+    }
+
+    /// Delete `key` in Redis and tell every instance to drop it from L1. `Ok(true)` when
+    /// Redis held it. Waits (up to the connect timeout per step): a purge is worth it.
+    pub async fn invalidate(&self, key: &CacheKey) -> Result<bool, String> {
+        let conn = self.connected()?;
+        let del = redis::cmd("UNLINK").arg(self.redis_key(key)).clone();
+        let removed: u64 = self.admin_op(&conn, &del).await?;
+        self.publish(&conn, Invalidation::Key(*key)).await?;
+        Ok(removed > 0)
+    }
+
+    /// Delete every key under the prefix and tell every instance to clear its L1.
+    /// Returns how many keys were deleted.
+    pub async fn invalidate_all(&self) -> Result<u64, String> {
+        let conn = self.connected()?;
+        let pattern = format!("{}*", glob_escape(&self.prefix));
+        let keys: Vec<Vec<u8>> = match &conn {
+            Conn::Single(c) => {
+                let mut c = c.clone();
+                let mut keys = Vec::new();
+                let mut cursor: u64 = 0;
+                loop {
+                    let scan = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .clone();
+                    let step = tokio::time::timeout(
+                        self.connect_timeout,
+                        scan.query_async::<(u64, Vec<Vec<u8>>)>(&mut c),
+                    )
+                    .await;
+                    let (next, batch) = match step {
+                        Ok(Ok(r)) => r,
+                        Ok(Err(e)) => return Err(e.to_string()),
+                        Err(_) => return Err("SCAN timed out".to_owned()),
+                    };
+                    keys.extend(batch);
+                    if next == 0 {
+                        break keys;
+                    }
+                    cursor = next;
+                }
+            }
+            Conn::Cluster(c) => {
+                // KEYS on every master, results combined: a purge of everything is rare, and
+                // a cursor per node is what SCAN would need.
+                use redis::cluster_routing::{
+                    MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo,
+                };
+                let cmd = redis::cmd("KEYS").arg(&pattern).clone();
+                let routing = RoutingInfo::MultiNode((
+                    MultipleNodeRoutingInfo::AllMasters,
+                    Some(ResponsePolicy::CombineArrays),
+                ));
+                let value = tokio::time::timeout(
+                    self.connect_timeout,
+                    c.clone().route_command(cmd, routing),
+                )
+                .await
+                .map_err(|_| "KEYS timed out".to_owned())?
+                .map_err(|e| e.to_string())?;
+                Vec::<Vec<u8>>::from_redis_value(value).map_err(|e| e.to_string())?
+            }
+        };
+        let mut removed = 0;
+        // One key per UNLINK: in a cluster, keys live in different slots.
+        for key in &keys {
+            let del = redis::cmd("UNLINK").arg(key.as_slice()).clone();
+            removed += self.admin_op::<u64>(&conn, &del).await?;
+        }
+        self.publish(&conn, Invalidation::All).await?;
+        Ok(removed)
+    }
+
+    pub fn health(&self) -> L2Health {
+        let connected = self.conn.read().is_some();
+        let breaker = self.breaker.state_name();
+        let reason = match (connected, breaker) {
+            (true, "closed") => None,
+            _ => self.last_error.lock().clone(),
+        };
+        L2Health {
+            connected,
+            breaker,
+            reason,
+        }
+    }
+
+    /// The connection, if there is one and the breaker lets this operation through.
+    fn usable(&self) -> Option<Conn> {
+        let conn = self.conn.read().clone()?;
+        self.breaker.allow(&self.metrics).then_some(conn)
+    }
+
+    fn connected(&self) -> Result<Conn, String> {
+        self.conn
+            .read()
+            .clone()
+            .ok_or_else(|| "Redis is not connected".to_owned())
+    }
+
+    fn failed(&self, error: &str) {
+        if self.breaker.failure(&self.metrics) {
+            tracing::warn!(error, "Redis failing: circuit breaker open, skipping L2");
+        }
+        *self.last_error.lock() = Some(error.to_owned());
+    }
+
+    async fn admin_op<T: FromRedisValue>(&self, conn: &Conn, cmd: &Cmd) -> Result<T, String> {
+        match tokio::time::timeout(self.connect_timeout, conn.query::<T>(cmd)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("Redis timed out".to_owned()),
+        }
+    }
+
+    async fn publish(&self, conn: &Conn, what: Invalidation) -> Result<(), String> {
+        let cmd = redis::cmd("PUBLISH")
+            .arg(&self.channel)
+            .arg(what.encode())
+            .clone();
+        self.admin_op::<u64>(conn, &cmd).await.map(|_| ())
+    }
+
+    /// `rediss://` with `ca_file` trusts that CA; otherwise the system's roots.
+    fn certs(&self) -> Option<TlsCertificates> {
+        self.ca_pem.as_ref().map(|pem| TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.clone()),
+        })
+    }
+
+    fn client(&self, url: &str) -> RedisResult<redis::Client> {
+        match self.certs() {
+            Some(certs) if url.starts_with("rediss:") => redis::Client::build_with_tls(url, certs),
+            _ => redis::Client::open(url),
+        }
+    }
+
+    async fn connect(&self) -> RedisResult<Conn> {
+        match &self.target {
+            RedisTarget::Single(url) => {
+                let client = self.client(url)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.connect_timeout))
+                    .set_response_timeout(Some(self.connect_timeout.max(self.timeout)))
+                    .set_max_delay(Duration::from_secs(2));
+                Ok(Conn::Single(
+                    ConnectionManager::new_with_config(client, config).await?,
+                ))
+            }
+            RedisTarget::Cluster(nodes) => {
+                let mut builder = ClusterClientBuilder::new(nodes.clone())
+                    .connection_timeout(self.connect_timeout)
+                    .response_timeout(self.connect_timeout.max(self.timeout))
+                    .retries(1);
+                if let Some(certs) = self.certs() {
+                    builder = builder.certs(certs);
+                }
+                let client = builder.build()?;
+                Ok(Conn::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+
+    /// Until connected: try, wait (100 ms doubling to 5 s), try again. A single node's
+    /// connection manager reconnects by itself afterwards; a cluster connection refreshes its
+    /// slots and reconnects to nodes by itself.
+    async fn connect_loop(self: Arc<Self>) {
+        let mut backoff = Backoff::new();
+        loop {
+            let error = match tokio::time::timeout(self.connect_timeout, self.connect()).await {
+                Ok(Ok(conn)) => {
+                    *self.conn.write() = Some(conn.clone());
+                    *self.last_error.lock() = None;
+                    self.metrics.connected.set(1.0);
+                    tracing::info!("connected to Redis (L2)");
+                    return self.probe_loop(conn).await;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "connect timed out".to_owned(),
+            };
+            if backoff.attempts == 0 {
+                tracing::warn!(error, "Redis unavailable; serving from L1 and retrying");
+            }
+            *self.last_error.lock() = Some(error);
+            tokio::time::sleep(backoff.next()).await;
+        }
+    }
+
+    /// While the breaker is open, probe with PING after each cooldown, so an idle instance
+    /// notices (and `/readyz` reports) that Redis is back without waiting for traffic.
+    async fn probe_loop(&self, conn: Conn) {
+        loop {
+            tokio::time::sleep(self.breaker.cooldown).await;
+            if self.breaker.state_name() == "closed" || !self.breaker.allow(&self.metrics) {
+                continue;
+            }
+            let ping = redis::cmd("PING");
+            match tokio::time::timeout(self.timeout, conn.query::<String>(&ping)).await {
+                Ok(Ok(_)) => self.breaker.success(&self.metrics),
+                Ok(Err(e)) => self.failed(&e.to_string()),
+                Err(_) => self.failed("PING timed out"),
+            }
+        }
+    }
+
+    async fn open_pubsub(&self) -> RedisResult<redis::aio::PubSub> {
+        let nodes: Vec<&str> = match &self.target {
+            RedisTarget::Single(url) => vec![url.as_str()],
+            // Cluster pub/sub is broadcast over the cluster bus: any one node will do.
+            RedisTarget::Cluster(nodes) => nodes.iter().map(String::as_str).collect(),
+        };
+        let mut last = None;
+        for node in nodes {
+            let attempt = async {
+                let mut ps = self.client(node)?.get_async_pubsub().await?;
+                ps.subscribe(&self.channel).await?;
+                Ok::<_, redis::RedisError>(ps)
+            };
+            match tokio::time::timeout(self.connect_timeout, attempt).await {
+                Ok(Ok(ps)) => return Ok(ps),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    last = Some(redis::RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "subscribe timed out",
+                    )))
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            redis::RedisError::from(std::io::Error::other("no Redis node to subscribe to"))
+        }))
+    }
+
+    /// Keep a subscription to the invalidation channel and apply what arrives to L1.
+    async fn subscribe_loop(self: Arc<Self>, apply: Arc<dyn Fn(Invalidation) + Send + Sync>) {
+        let mut backoff = Backoff::new();
+        let mut lost = false;
+        loop {
+            match self.open_pubsub().await {
+                Ok(mut ps) => {
+                    if lost {
+                        // Messages sent while unsubscribed are gone: forget what may be purged.
+                        tracing::info!("resubscribed to invalidations; clearing L1");
+                        apply(Invalidation::All);
+                    }
+                    backoff = Backoff::new();
+                    let mut messages = ps.on_message();
+                    while let Some(msg) = messages.next().await {
+                        match Invalidation::decode(msg.get_payload_bytes()) {
+                            Some(what) => {
+                                self.metrics.invalidations.increment(1);
+                                apply(what);
+                            }
+                            None => tracing::debug!("ignored a foreign invalidation message"),
+                        }
+                    }
+                    tracing::warn!("lost the Redis invalidation subscription; resubscribing");
+                }
+                Err(e) => {
+                    if backoff.attempts == 0 {
+                        tracing::debug!(error = %e, "cannot subscribe to invalidations yet");
+                    }
+                }
+            }
+            lost = true;
+            tokio::time::sleep(backoff.next()).await;
+        }
+    }
+}
+
+/// Escape glob metacharacters so a prefix matches only itself in `SCAN MATCH` / `KEYS`.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// 100 ms doubling up to 5 s.
+struct Backoff {
+    attempts: u32,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff { attempts: 0 }
+    }
+
+    fn next(&mut self) -> Duration {
+        let ms = 100u64.saturating_mul(1 << self.attempts.min(6)).min(5_000);
+        self.attempts = self.attempts.saturating_add(1);
+        Duration::from_millis(ms)
+    }
+}
+
+/// Closed (count consecutive failures) ─► open (skip) ─► after the cooldown, half-open (one
+/// probe) ─► closed on success, open again on failure.
+struct Breaker {
+    threshold: u32,
+    cooldown: Duration,
+    state: Mutex<BreakerState>,
+}
+
+#[derive(Clone, Copy)]
+enum BreakerState {
+    Closed(u32),
+    Open { until: Instant },
+    HalfOpen { since: Instant },
+}
+
+impl Breaker {
+    fn new(threshold: u32, cooldown: Duration) -> Breaker {
+        Breaker {
+            threshold: threshold.max(1),
+            cooldown,
+            state: Mutex::new(BreakerState::Closed(0)),
+        }
+    }
+
+    /// May this operation go to Redis?
+    fn allow(&self, m: &L2Metrics) -> bool {
+        let mut s = self.state.lock();
+        let now = Instant::now();
+        match *s {
+            BreakerState::Closed(_) => true,
+            BreakerState::Open { until } if now >= until => {
+                *s = BreakerState::HalfOpen { since: now };
+                m.breaker_state.set(2.0);
+                true
+            }
+            BreakerState::Open { .. } => false,
+            // A probe whose caller vanished must not keep the breaker half-open for ever.
+            BreakerState::HalfOpen { since } if now.duration_since(since) >= self.cooldown => {
+                *s = BreakerState::HalfOpen { since: now };
+                true
+            }
+            BreakerState::HalfOpen { .. } => false,
+        }
+    }
+
+    fn success(&self, m: &L2Metrics) {
+        let mut s = self.state.lock();
+        if !matches!(*s, BreakerState::Closed(0)) {
+            if !matches!(*s, BreakerState::Closed(_)) {
+                tracing::info!("Redis answering again: circuit breaker closed");
+            }
+            *s = BreakerState::Closed(0);
+            m.breaker_state.set(0.0);
+        }
+    }
+
+    /// Returns `true` when this failure opened the breaker.
+    fn failure(&self, m: &L2Metrics) -> bool {
+        let mut s = self.state.lock();
+        let open = BreakerState::Open {
+            until: Instant::now() + self.cooldown,
+        };
+        match *s {
+            BreakerState::Closed(n) if n + 1 < self.threshold => {
+                *s = BreakerState::Closed(n + 1);
+                false
+            }
+            BreakerState::Closed(_) => {
+                *s = open;
+                m.breaker_state.set(1.0);
+                true
+            }
+            BreakerState::HalfOpen { .. } | BreakerState::Open { .. } => {
+                *s = open;
+                m.breaker_state.set(1.0);
+                false
+            }
+        }
+    }
+
+    fn state_name(&self) -> &'static str {
+        match *self.state.lock() {
+            BreakerState::Closed(_) => "closed",
+            BreakerState::Open { .. } => "open",
+            BreakerState::HalfOpen { .. } => "half-open",
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn breaker_opens_after_threshold_and_probes_after_cooldown() {
+        let m = Metrics::new(&[]).l2();
+        let b = Breaker::new(3, Duration::from_millis(30));
+        assert!(b.allow(&m));
+        assert!(!b.failure(&m) && !b.failure(&m));
+        b.success(&m); // a success resets the count
+        assert!(!b.failure(&m) && !b.failure(&m));
+        assert!(b.failure(&m), "third consecutive failure opens");
+        assert_eq!(b.state_name(), "open");
+        assert!(!b.allow(&m));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.allow(&m), "one probe after the cooldown");
+        assert_eq!(b.state_name(), "half-open");
+        assert!(!b.allow(&m), "only one probe at a time");
+        b.failure(&m);
+        assert_eq!(b.state_name(), "open");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.allow(&m));
+        b.success(&m);
+        assert_eq!(b.state_name(), "closed");
+        assert!(b.allow(&m));
+    }
+
+    #[test]
+    fn invalidation_messages_round_trip() {
+        let k = CacheKey([7; 16]);
+        for what in [Invalidation::Key(k), Invalidation::All] {
+            assert_eq!(Invalidation::decode(what.encode().as_bytes()), Some(what));
+        }
+        assert_eq!(Invalidation::decode(b"key:zz"), None);
+        assert_eq!(Invalidation::decode(b"\xff"), None);
+    }
+
+    #[test]
+    fn prefix_is_escaped_for_scan() {
+        assert_eq!(glob_escape("augur:"), "augur:");
+        assert_eq!(glob_escape("a*[b]?"), r"a\*\[b\]\?");
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let mut b = Backoff::new();
+        let v: Vec<u64> = (0..9).map(|_| b.next().as_millis() as u64).collect();
+        assert_eq!(v, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+    }
+}

@@ -1,0 +1,514 @@
+//! Redis as the shared second tier, end to end: real `redis-server` processes (a single node and
+//! a three-master cluster), real upstream, real proxies. No mocks.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+#[path = "common/redis_server.rs"]
+mod redis_server;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use augur::cache::entry::Entry;
+use augur::cache::Clock;
+use bytes::Bytes;
+use common::{config, get, send, Proxy, Upstream};
+use http::Request;
+use http_body_util::Full;
+use redis_server::{RedisCluster, RedisServer};
+
+const CACHED: &str = "cc=public%2C%20max-age%3D60";
+const PREFIX: &str = "augur-test:";
+
+fn redis_section(url: &str, extra: &str) -> String {
+    format!("\n[redis]\nurl = \"{url}\"\nkey_prefix = \"{PREFIX}\"\ntimeout = \"100ms\"\nbreaker_cooldown = \"200ms\"\n{extra}\n")
+}
+
+fn cluster_section(urls: &[String]) -> String {
+    let nodes: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    format!(
+        "\n[redis]\ncluster = [{}]\nkey_prefix = \"{PREFIX}\"\ntimeout = \"200ms\"\n",
+        nodes.join(", ")
+    )
+}
+
+/// What every instance of a fleet sees behind its load balancer: one Host (the key includes it).
+const HOST: &str = "api.example";
+
+/// GET `pq` from `proxy` with the fleet's Host.
+async fn fetch(proxy: &Proxy, pq: &str) -> common::Got {
+    common::get_with(&proxy.url(pq), &[("host", HOST)]).await
+}
+
+/// Poll `check` every 20 ms until it holds, for at most `within`.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn keys(server: &RedisServer) -> Vec<Vec<u8>> {
+    redis::cmd("KEYS")
+        .arg(format!("{PREFIX}*"))
+        .query(&mut server.conn())
+        .unwrap()
+}
+
+/// Both instances subscribed to the invalidation channel (so a purge reaches them).
+async fn subscribed(conn: &mut redis::Connection, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, count): (String, usize) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(format!("{PREFIX}invalidate"))
+            .query(conn)
+            .unwrap();
+        if count >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{count} of {n} subscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Connecting is asynchronous by design (Augur starts without Redis): wait for it.
+async fn l2_ready(proxy: &Proxy) {
+    let url = format!("http://{}/readyz", proxy.admin);
+    eventually(Duration::from_secs(5), "L2 connected", || async {
+        get(&url).await.json()["status"] == "ready"
+    })
+    .await;
+}
+
+async fn metric(proxy: &Proxy, series: &str) -> f64 {
+    let text = String::from_utf8_lossy(&get(&format!("http://{}/metrics", proxy.admin)).await.body)
+        .into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+async fn entries(proxy: &Proxy) -> u64 {
+    let got = get(&format!("http://{}/cache", proxy.admin)).await;
+    got.json()["entries"].as_u64().unwrap()
+}
+
+async fn post(url: &str) -> common::Got {
+    send(Request::post(url).body(Full::new(Bytes::new())).unwrap()).await
+}
+
+fn purge_url(admin: std::net::SocketAddr, target: &str) -> String {
+    format!(
+        "http://{admin}/purge?url={}",
+        percent_encoding::utf8_percent_encode(target, percent_encoding::NON_ALPHANUMERIC)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_upstream_fetch() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let cfg = config(up.addr, &redis_section(&redis.url(), ""));
+    let a = Proxy::start(cfg.clone()).await;
+    let b = Proxy::start(cfg).await;
+    l2_ready(&a).await;
+    l2_ready(&b).await;
+    let pq = format!("/users/1?size=5000&{CACHED}");
+
+    let first = fetch(&a, &pq).await;
+    assert_eq!((first.status.as_u16(), first.x_cache()), (200, "MISS"));
+    eventually(Duration::from_secs(5), "write-behind to Redis", || async {
+        keys(&redis).len() == 1
+    })
+    .await;
+
+    let shared = fetch(&b, &pq).await;
+    assert_eq!(shared.x_cache(), "HIT");
+    assert_eq!(shared.header("x-cache-tier"), "L2");
+    assert_eq!(shared.body, first.body);
+    let again = fetch(&b, &pq).await;
+    assert_eq!(again.x_cache(), "HIT");
+    assert_eq!(again.header("x-cache-tier"), "", "promoted: now an L1 hit");
+    assert_eq!(up.count(&pq), 1, "one upstream hit for the fleet");
+    assert_eq!(
+        metric(&b, r#"augur_l2_requests_total{result="hit"}"#).await,
+        1.0
+    );
+    assert_eq!(
+        metric(&a, r#"augur_l2_requests_total{result="miss"}"#).await,
+        1.0
+    );
+    assert_eq!(
+        metric(&a, r#"augur_l2_writes_total{result="ok"}"#).await,
+        1.0
+    );
+    let ready = get(&format!("http://{}/readyz", b.admin)).await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["status"], "ready", "{:?}", ready.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promotion_keeps_the_remaining_lifetime() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let cfg = config(up.addr, &redis_section(&redis.url(), ""));
+    let clock = Clock::manual();
+    let a = Proxy::start_with_clock(cfg.clone(), clock.clone()).await;
+    let b = Proxy::start_with_clock(cfg, clock.clone()).await;
+    l2_ready(&a).await;
+    l2_ready(&b).await;
+    let pq = format!("/ttl?{CACHED}");
+
+    assert_eq!(fetch(&a, &pq).await.x_cache(), "MISS");
+    eventually(Duration::from_secs(5), "write-behind", || async {
+        keys(&redis).len() == 1
+    })
+    .await;
+    clock.advance(Duration::from_secs(20));
+    let promoted = fetch(&b, &pq).await;
+    assert_eq!(promoted.header("x-cache-tier"), "L2");
+    assert_eq!(promoted.header("age"), "20", "the age carries over");
+    clock.advance(Duration::from_secs(39));
+    let late = fetch(&b, &pq).await;
+    assert_eq!((late.x_cache(), late.header("age")), ("HIT", "59"));
+    clock.advance(Duration::from_secs(2));
+    // Expired in B's L1 and in the copy Redis still holds: refetched, never served stale.
+    let expired = fetch(&b, &pq).await;
+    assert_eq!(expired.x_cache(), "MISS");
+    assert_eq!(up.count(&pq), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_on_one_instance_reaches_the_other() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let cfg = config(up.addr, &redis_section(&redis.url(), ""));
+    let a = Proxy::start(cfg.clone()).await;
+    let b = Proxy::start(cfg).await;
+    l2_ready(&a).await;
+    l2_ready(&b).await;
+    subscribed(&mut redis.conn(), 2).await;
+    let pq = format!("/p?{CACHED}");
+    fetch(&a, &pq).await;
+    eventually(Duration::from_secs(5), "write-behind", || async {
+        keys(&redis).len() == 1
+    })
+    .await;
+    assert_eq!(fetch(&b, &pq).await.x_cache(), "HIT");
+    assert_eq!(entries(&b).await, 1);
+
+    let purged = post(&purge_url(a.admin, &format!("http://{HOST}{pq}"))).await;
+    assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
+    assert!(keys(&redis).is_empty(), "gone from Redis");
+    eventually(Duration::from_secs(2), "B drops it from L1", || async {
+        entries(&b).await == 0
+    })
+    .await;
+    assert_eq!(fetch(&b, &pq).await.x_cache(), "MISS");
+    assert_eq!(up.count(&pq), 2);
+
+    // Purge of everything: Redis and both L1s.
+    fetch(&a, &format!("/q?{CACHED}")).await;
+    eventually(Duration::from_secs(5), "write-behind", || async {
+        keys(&redis).len() == 2
+    })
+    .await;
+    assert_eq!(fetch(&b, &format!("/q?{CACHED}")).await.x_cache(), "HIT");
+    assert_eq!(
+        post(&format!("http://{}/purge/all", b.admin)).await.status,
+        200
+    );
+    assert!(keys(&redis).is_empty());
+    eventually(Duration::from_secs(2), "A clears its L1", || async {
+        entries(&a).await == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_value_is_a_miss_and_is_overwritten() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let cfg = config(up.addr, &redis_section(&redis.url(), ""));
+    let a = Proxy::start(cfg.clone()).await;
+    let b = Proxy::start(cfg).await;
+    l2_ready(&a).await;
+    l2_ready(&b).await;
+    let pq = format!("/c?size=3000&{CACHED}");
+    let first = fetch(&a, &pq).await;
+    eventually(Duration::from_secs(5), "write-behind", || async {
+        keys(&redis).len() == 1
+    })
+    .await;
+    let key = keys(&redis).remove(0);
+    let mut conn = redis.conn();
+    let good: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x55;
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(bad)
+        .arg("PX")
+        .arg(60_000)
+        .query(&mut conn)
+        .unwrap();
+
+    let got = fetch(&b, &pq).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.x_cache(), "MISS", "a corrupt value is never served");
+    assert_eq!(got.body, first.body);
+    assert_eq!(up.count(&pq), 2);
+    assert_eq!(
+        metric(&b, r#"augur_l2_requests_total{result="corrupt"}"#).await,
+        1.0
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the refetch overwrites it",
+        || async {
+            let v: Vec<u8> = redis::cmd("GET")
+                .arg(&key)
+                .query(&mut redis.conn())
+                .unwrap();
+            Entry::decode(&Bytes::from(v)).is_ok()
+        },
+    )
+    .await;
+
+    // A foreign value (another program's, or garbage) is a miss too.
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("not an entry")
+        .query(&mut conn)
+        .unwrap();
+    let c = Proxy::start(config(up.addr, &redis_section(&redis.url(), ""))).await;
+    l2_ready(&c).await;
+    let got = fetch(&c, &pq).await;
+    assert_eq!((got.status.as_u16(), got.x_cache()), (200, "MISS"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_load_fails_no_request() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(config(up.addr, &redis_section(&redis.url(), ""))).await;
+    l2_ready(&proxy).await;
+    let deadline = Duration::from_millis(100); // [redis].timeout in redis_section
+    let mut worst = Duration::ZERO;
+    for round in 0..20 {
+        if round == 6 {
+            redis.kill();
+        }
+        // Ten concurrent requests over fresh and repeated URLs: L1 misses ask Redis.
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                let url = proxy.url(&format!("/load/{}?{CACHED}", (round * 10 + i) % 70));
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    let got = common::get_with(&url, &[("host", HOST)]).await;
+                    (got.status.as_u16(), t.elapsed())
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (status, took) = t.await.unwrap();
+            assert_eq!(status, 200, "round {round}");
+            worst = worst.max(took);
+        }
+    }
+    // The deadline, plus a local upstream, plus a loaded shared CI machine.
+    assert!(
+        worst < deadline + Duration::from_millis(400),
+        "slowest request took {worst:?}"
+    );
+    let errors = metric(&proxy, r#"augur_l2_requests_total{result="error"}"#).await
+        + metric(&proxy, r#"augur_l2_requests_total{result="timeout"}"#).await
+        + metric(&proxy, r#"augur_l2_requests_total{result="skipped"}"#).await;
+    assert!(errors > 0.0, "Redis was down for most of the load");
+    let ready = get(&format!("http://{}/readyz", proxy.admin)).await;
+    assert_eq!(ready.status, 200, "degraded is still ready");
+    assert_eq!(ready.json()["status"], "degraded", "{:?}", ready.body);
+    assert!(ready.json()["l2"]["reason"].is_string(), "{:?}", ready.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_redis_delays_no_request_past_the_deadline() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(config(up.addr, &redis_section(&redis.url(), ""))).await;
+    l2_ready(&proxy).await;
+    redis.freeze(true);
+    let deadline = Duration::from_millis(100);
+    let mut worst = Duration::ZERO;
+    for i in 0..30 {
+        let t = Instant::now();
+        let got = fetch(&proxy, &format!("/hung/{i}?{CACHED}")).await;
+        worst = worst.max(t.elapsed());
+        assert_eq!(got.status, 200);
+    }
+    redis.freeze(false);
+    assert!(
+        worst < deadline + Duration::from_millis(400),
+        "slowest request took {worst:?}"
+    );
+    assert!(metric(&proxy, r#"augur_l2_requests_total{result="timeout"}"#).await >= 1.0);
+    assert!(
+        metric(&proxy, r#"augur_l2_requests_total{result="skipped"}"#).await >= 1.0,
+        "the breaker opened and later requests skipped Redis"
+    );
+    // Thawed: the probe closes the breaker again.
+    l2_ready(&proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_l2_use_resumes() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let cfg = config(up.addr, &redis_section(&redis.url(), ""));
+    let a = Proxy::start(cfg.clone()).await;
+    let b = Proxy::start(cfg).await;
+    l2_ready(&a).await;
+    l2_ready(&b).await;
+    redis.kill();
+    for i in 0..10 {
+        assert_eq!(fetch(&a, &format!("/down/{i}?{CACHED}")).await.status, 200);
+    }
+    redis.restart();
+    let mut i = 0;
+    eventually(Duration::from_secs(15), "L2 shared again", || {
+        i += 1;
+        let (a, b) = (&a, &b);
+        async move {
+            let pq = format!("/up/{i}?{CACHED}");
+            assert_eq!(fetch(a, &pq).await.status, 200);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            fetch(b, &pq).await.header("x-cache-tier") == "L2"
+        }
+    })
+    .await;
+    eventually(Duration::from_secs(5), "readyz back to ready", || async {
+        get(&format!("http://{}/readyz", a.admin)).await.json()["status"] == "ready"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_start_serves_from_l1_then_connects() {
+    let mut redis = RedisServer::unstarted();
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(config(up.addr, &redis_section(&redis.url(), ""))).await;
+    let pq = format!("/early?{CACHED}");
+    assert_eq!(fetch(&proxy, &pq).await.x_cache(), "MISS");
+    assert_eq!(fetch(&proxy, &pq).await.x_cache(), "HIT");
+    let ready = get(&format!("http://{}/readyz", proxy.admin)).await;
+    assert_eq!(ready.status, 200);
+    let body = ready.json();
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(body["l2"]["connected"], false, "{body}");
+    assert!(body["l2"]["reason"].is_string(), "{body}");
+
+    redis.restart();
+    eventually(
+        Duration::from_secs(10),
+        "connected with backoff",
+        || async {
+            get(&format!("http://{}/readyz", proxy.admin)).await.json()["status"] == "ready"
+        },
+    )
+    .await;
+    fetch(&proxy, &format!("/late?{CACHED}")).await;
+    eventually(Duration::from_secs(5), "write-behind", || async {
+        keys(&redis).len() == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_rediss_with_a_private_ca() {
+    let redis = RedisServer::start_tls();
+    let up = Upstream::start().await;
+    let extra = format!("ca_file = \"{}\"", redis.ca_file().display());
+    let cfg = config(up.addr, &redis_section(&redis.url(), &extra));
+    assert!(redis.url().starts_with("rediss://"));
+    let a = Proxy::start(cfg.clone()).await;
+    let b = Proxy::start(cfg).await;
+    l2_ready(&a).await;
+    l2_ready(&b).await;
+    let pq = format!("/tls?{CACHED}");
+    assert_eq!(fetch(&a, &pq).await.x_cache(), "MISS");
+    eventually(Duration::from_secs(5), "write-behind over TLS", || async {
+        keys(&redis).len() == 1
+    })
+    .await;
+    assert_eq!(fetch(&b, &pq).await.header("x-cache-tier"), "L2");
+    assert_eq!(up.count(&pq), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_spreads_keys_shares_and_purges() {
+    let cluster = RedisCluster::start();
+    let up = Upstream::start().await;
+    let cfg = config(up.addr, &cluster_section(&cluster.urls()));
+    let a = Proxy::start(cfg.clone()).await;
+    let b = Proxy::start(cfg).await;
+    l2_ready(&a).await;
+    l2_ready(&b).await;
+    let n = 30;
+    for i in 0..n {
+        assert_eq!(
+            fetch(&a, &format!("/k/{i}?{CACHED}")).await.x_cache(),
+            "MISS"
+        );
+    }
+    eventually(
+        Duration::from_secs(5),
+        "write-behind to the cluster",
+        || async { cluster.keys_per_node().iter().sum::<usize>() == n },
+    )
+    .await;
+    let spread = cluster.keys_per_node();
+    assert!(
+        spread.iter().filter(|&&k| k > 0).count() >= 2,
+        "keys over several masters: {spread:?}"
+    );
+    for i in 0..n {
+        let got = fetch(&b, &format!("/k/{i}?{CACHED}")).await;
+        assert_eq!(got.header("x-cache-tier"), "L2", "key {i}");
+    }
+    assert_eq!(up.total(), n);
+
+    // Purge through A reaches Redis and B's L1.
+    let pq = format!("/k/0?{CACHED}");
+    let purged = post(&purge_url(a.admin, &format!("http://{HOST}{pq}"))).await;
+    assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
+    eventually(Duration::from_secs(3), "B drops it", || async {
+        entries(&b).await == (n - 1) as u64
+    })
+    .await;
+    assert_eq!(fetch(&b, &pq).await.x_cache(), "MISS");
+    eventually(
+        Duration::from_secs(5),
+        "B writes the refetch behind",
+        || async { cluster.keys_per_node().iter().sum::<usize>() == n },
+    )
+    .await;
+    assert_eq!(
+        post(&format!("http://{}/purge/all", a.admin)).await.status,
+        200
+    );
+    assert_eq!(cluster.keys_per_node().iter().sum::<usize>(), 0);
+    eventually(Duration::from_secs(3), "B clears its L1", || async {
+        entries(&b).await == 0
+    })
+    .await;
+}
