@@ -9,6 +9,11 @@
 //! is not hit N times), or "pass" (each waiter fetches for itself, concurrently). A waiter stops
 //! waiting after `coalesce_timeout` and fetches on its own, so a stuck leader cannot hang the
 //! rest. A leader dropped mid-flight (client gone) wakes its waiters, and one of them leads.
+//!
+//! Whether a stored entry may answer a request is `policy::usable` (freshness, the request's
+//! own directives, `Authorization`); a stale entry that may not be served goes through the same
+//! flight, where the fetch revalidates it (a 304 comes back as [`Fetched::Revalidated`]) or
+//! lets it stand in for a failed upstream ([`Fetched::Stale`]).
 
 pub mod entry;
 pub mod memory;
@@ -29,8 +34,9 @@ use crate::error::ProxyError;
 use crate::key::CacheKey;
 pub use crate::metrics::CacheStatus;
 use crate::metrics::Metrics;
-use entry::Entry;
+use entry::{Entry, Flags};
 use memory::Memory;
+use policy::Use;
 
 /// Wall-clock time in unix milliseconds. Tests drive a manual clock so that expiry is
 /// checked without sleeping.
@@ -79,6 +85,11 @@ pub enum Fetched {
     },
     /// The upstream failed.
     Failed(ProxyError),
+    /// The stored entry was revalidated (304): freshened, to be stored again.
+    Revalidated(Arc<Entry>),
+    /// The upstream failed and the stored entry may stand in (`stale-if-error`, grace):
+    /// served, not stored again.
+    Stale(Arc<Entry>),
 }
 
 /// What a lookup produced.
@@ -89,6 +100,14 @@ pub enum Outcome {
     Miss(Arc<Entry>),
     /// Fetched by a concurrent request this caller waited for.
     Coalesced(Arc<Entry>),
+    /// A stale entry, revalidated upstream with a 304 and stored again.
+    Revalidated(Arc<Entry>),
+    /// Served stale; `refresh`: the caller should start a background refresh
+    /// (`stale-while-revalidate`).
+    Stale {
+        entry: Arc<Entry>,
+        refresh: bool,
+    },
     /// Fetched by this caller, not stored.
     Pass(Response<Body>),
     Failed(ProxyError),
@@ -98,6 +117,7 @@ pub enum Outcome {
 enum Flight {
     Pending,
     Stored(Arc<Entry>),
+    Stale(Arc<Entry>),
     Pass,
     Failed(ProxyError),
     Abandoned,
@@ -105,6 +125,26 @@ enum Flight {
 
 /// How long a key whose response was uncacheable skips coalescing ("hit-for-pass").
 const PASS_MARK: Duration = Duration::from_secs(5);
+
+/// What one request accepts from the store.
+#[derive(Debug, Default, Clone)]
+pub struct Want {
+    /// The request's cache directives (`policy::request_directives`).
+    pub directives: policy::CacheControl,
+    /// The request carries `Authorization` (RFC 9111 §3.5).
+    pub authorization: bool,
+    /// A stale entry may be served (`max-stale`, `stale-while-revalidate`). False for the
+    /// background refresh itself and for callers that want a fresh entry.
+    pub allow_stale: bool,
+}
+
+impl Want {
+    /// May a just-fetched entry answer this request? Only `Authorization` can say no: an entry
+    /// fetched a moment ago is as fresh as the request can get.
+    fn accepts_fetched(&self, entry: &Entry) -> bool {
+        !self.authorization || entry.flags.contains(Flags::AUTH_OK)
+    }
+}
 
 /// Settings for [`Cache`].
 #[derive(Debug, Clone)]
@@ -155,15 +195,47 @@ impl Cache {
         entry.is_fresh(self.clock.now_ms()).then_some(entry)
     }
 
-    /// Serve `key` from L1, or run `fetch` once for all concurrent callers and store what it
-    /// allows. `fetch` may run again for a caller whose leader passed or timed out.
+    /// Whatever L1 holds for `key`, fresh or not (for revalidation and `only-if-cached`).
+    pub fn peek(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        self.memory.get(key)
+    }
+
+    /// Serve a fresh `key` from L1, or run `fetch` once for all concurrent callers and store
+    /// what it allows (see [`Cache::lookup_or_fetch_for`]).
     pub async fn lookup_or_fetch<F, Fut>(&self, key: CacheKey, fetch: F) -> Outcome
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Fetched>,
     {
-        if let Some(entry) = self.lookup(&key) {
-            return Outcome::Hit(entry);
+        self.lookup_or_fetch_for(key, &Want::default(), fetch).await
+    }
+
+    /// Serve `key` from L1 when the entry may answer a request that wants `want`, or run
+    /// `fetch` once for all concurrent callers and store what it allows. `fetch` may run again
+    /// for a caller whose leader passed or timed out.
+    pub async fn lookup_or_fetch_for<F, Fut>(&self, key: CacheKey, want: &Want, fetch: F) -> Outcome
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Fetched>,
+    {
+        if let Some(entry) = self.memory.get(&key) {
+            let now = self.clock.now_ms();
+            match policy::usable(&entry, &want.directives, want.authorization, now) {
+                Use::Fresh => return Outcome::Hit(entry),
+                Use::Stale if want.allow_stale => {
+                    return Outcome::Stale {
+                        entry,
+                        refresh: false,
+                    }
+                }
+                Use::StaleWhileRevalidate if want.allow_stale => {
+                    return Outcome::Stale {
+                        entry,
+                        refresh: true,
+                    }
+                }
+                _ => {}
+            }
         }
         if self.pass_marked(&key) {
             return self.fetch_alone(key, &fetch).await;
@@ -177,6 +249,18 @@ impl Cache {
                             self.store(key, entry.clone());
                             guard.finish(Flight::Stored(entry.clone()));
                             Outcome::Miss(entry)
+                        }
+                        Fetched::Revalidated(entry) => {
+                            self.store(key, entry.clone());
+                            guard.finish(Flight::Stored(entry.clone()));
+                            Outcome::Revalidated(entry)
+                        }
+                        Fetched::Stale(entry) => {
+                            guard.finish(Flight::Stale(entry.clone()));
+                            Outcome::Stale {
+                                entry,
+                                refresh: false,
+                            }
                         }
                         Fetched::Pass { response, remember } => {
                             if remember {
@@ -209,9 +293,21 @@ impl Cache {
                         }
                     };
                     match flight {
+                        Flight::Stored(entry) | Flight::Stale(entry)
+                            if !want.accepts_fetched(&entry) =>
+                        {
+                            return self.fetch_alone(key, &fetch).await;
+                        }
                         Flight::Stored(entry) => {
                             self.metrics.coalesced.increment(1);
                             return Outcome::Coalesced(entry);
+                        }
+                        Flight::Stale(entry) => {
+                            self.metrics.coalesced.increment(1);
+                            return Outcome::Stale {
+                                entry,
+                                refresh: false,
+                            };
                         }
                         Flight::Failed(e) => {
                             self.metrics.coalesced.increment(1);
@@ -220,7 +316,9 @@ impl Cache {
                         Flight::Pass => return self.fetch_alone(key, &fetch).await,
                         Flight::Abandoned | Flight::Pending => {
                             if let Some(entry) = self.lookup(&key) {
-                                return Outcome::Hit(entry);
+                                if want.accepts_fetched(&entry) {
+                                    return Outcome::Hit(entry);
+                                }
                             }
                         }
                     }
@@ -241,6 +339,14 @@ impl Cache {
                 self.store(key, entry.clone());
                 Outcome::Miss(entry)
             }
+            Fetched::Revalidated(entry) => {
+                self.store(key, entry.clone());
+                Outcome::Revalidated(entry)
+            }
+            Fetched::Stale(entry) => Outcome::Stale {
+                entry,
+                refresh: false,
+            },
             Fetched::Pass { response, .. } => Outcome::Pass(response),
             Fetched::Failed(e) => Outcome::Failed(e),
         }
@@ -294,6 +400,15 @@ impl Cache {
     /// Drop `key` from L1.
     pub fn remove(&self, key: &CacheKey) -> bool {
         self.memory.remove(key)
+    }
+
+    /// RFC 9111 §4.4: an unsafe request changed the resource at `key`; drop what is stored for
+    /// it. The one place invalidation happens, so that every tier can be added here.
+    pub fn invalidate(&self, key: &CacheKey) {
+        if self.memory.remove(key) {
+            self.metrics.cache_invalidated.increment(1);
+        }
+        self.pass_marks.lock().remove(key);
     }
 
     /// Drop everything from L1.
