@@ -466,7 +466,11 @@ impl Proxy {
                 };
             }
             Err(e) => {
+                // The body failed mid-way (timeout, reset): as much an upstream error as no head.
                 self.upstream_failed(route, &e);
+                if let Some(stale) = stand_in(self.cache.now_ms()) {
+                    return Fetched::Stale(stale);
+                }
                 return Fetched::Failed(e);
             }
         };

@@ -479,6 +479,17 @@ async fn stale_if_error_covers_5xx_and_a_dead_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_if_error_covers_an_upstream_timeout() {
+    let (up, proxy) = start("timeout = \"300ms\"").await;
+    let p = pq("/slow", &[("cc", "max-age=1, stale-if-error=60")]);
+    get(&proxy.url(&p)).await;
+    proxy.clock.advance(secs(5));
+    up.fail.store(2, Ordering::SeqCst);
+    let got = get(&proxy.url(&p)).await;
+    assert_eq!((got.status.as_u16(), got.x_cache()), (200, "STALE"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn must_revalidate_forbids_stale() {
     let (up, proxy) = start("grace = \"60s\"").await;
     let p = pq(

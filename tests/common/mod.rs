@@ -33,7 +33,8 @@ use tokio::sync::oneshot;
 /// number of requests served for this path-and-query so far.
 ///
 /// `fail` switches every response at once (the URL, hence the cache key, stays the same):
-/// 0 = normal, 1 = drop the connection without answering, any status code = that status.
+/// 0 = normal, 1 = drop the connection without answering, 2 = answer after 1.5 s (to hit the
+/// proxy's timeout), any status code = that status.
 /// [`Upstream::stop`] also closes the listener, so new connections are refused.
 #[derive(Clone)]
 pub struct Upstream {
@@ -75,9 +76,13 @@ impl Upstream {
                     let svc = service_fn(move |req| {
                         let state = state.clone();
                         async move {
-                            if state.fail.load(Ordering::SeqCst) == 1 {
-                                state.total.fetch_add(1, Ordering::SeqCst);
-                                return Err(std::io::Error::other("upstream told to fail"));
+                            match state.fail.load(Ordering::SeqCst) {
+                                1 => {
+                                    state.total.fetch_add(1, Ordering::SeqCst);
+                                    return Err(std::io::Error::other("upstream told to fail"));
+                                }
+                                2 => tokio::time::sleep(Duration::from_millis(1500)).await,
+                                _ => {}
                             }
                             Ok::<_, std::io::Error>(state.serve(req).await)
                         }
