@@ -837,9 +837,9 @@ fn entry(
 /// Does the client's conditional request match the stored entry? `If-None-Match` wins over
 /// `If-Modified-Since` (RFC 9110 §13.2.2). Two map lookups when the request has neither.
 fn client_copy_is_current(entry: &Entry, req: &HeaderMap) -> bool {
-    let etag = entry.headers.get(header::ETAG);
     let mut inm = req.get_all(header::IF_NONE_MATCH).iter().peekable();
     if inm.peek().is_some() {
+        let etag = entry.headers.get(header::ETAG);
         return inm.any(|v| policy::if_none_match(etag, v));
     }
     match req.get(header::IF_MODIFIED_SINCE) {
