@@ -60,6 +60,9 @@ fn entry(size: usize) -> Entry {
         response_time: 0,
         initial_age: 0,
         lifetime: 3_600_000,
+        flags: augur::cache::entry::Flags::default(),
+        stale_while_revalidate: 0,
+        stale_if_error: 0,
     }
 }
 
@@ -161,6 +164,11 @@ fn policy_decide(c: &mut Criterion) {
                 status: StatusCode::OK,
                 resp_headers: black_box(&resp),
                 route_ttl_ms: 0,
+                mode: augur::config::CacheMode::Respect,
+                heuristic_max_ms: 86_400_000,
+                grace_ms: 0,
+                cache_set_cookie: false,
+                targeted: &[],
                 key_headers: &[],
                 request_time: 1_704_067_200_000,
                 response_time: 1_704_067_200_010,

@@ -83,6 +83,9 @@ fn route(name: &str, host: &str, prefix: Option<&str>, pattern: Option<&str>) ->
         timeout: Duration::from_secs(30),
         connect_timeout: Duration::from_secs(5),
         max_connections: 64,
+        cache_mode: augur::config::CacheMode::Respect,
+        cache_set_cookie: false,
+        grace: Duration::ZERO,
     }
 }
 

@@ -78,6 +78,25 @@ pub struct CacheConfig {
     pub compression_threshold: u64,
     pub default_ttl: Duration,
     pub coalesce_timeout: Duration,
+    /// Upper bound of a heuristic lifetime (10% of the time since `Last-Modified`).
+    pub max_heuristic_ttl: Duration,
+    /// Augur's own targeted cache-control field (RFC 9213), read before `CDN-Cache-Control`
+    /// and `Cache-Control`; `None` = only `CDN-Cache-Control`.
+    pub targeted_field: Option<HeaderName>,
+}
+
+/// How a route's TTL combines with the origin's own freshness (see README, "Caching rules").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheMode {
+    /// The origin's freshness wins; the route TTL applies only when the origin gives none.
+    #[default]
+    Respect,
+    /// The route TTL replaces the origin's freshness lifetime.
+    Override,
+    /// At least the route TTL.
+    Floor,
+    /// At most the route TTL.
+    Cap,
 }
 
 /// `[redis]`: the shared second tier (L2) of a fleet.
@@ -147,6 +166,13 @@ pub struct RouteConfig {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub max_connections: usize,
+    pub cache_mode: CacheMode,
+    /// Store responses carrying `Set-Cookie` (the cookie itself is never stored or served
+    /// from the cache). Default `false`: such responses are not stored.
+    pub cache_set_cookie: bool,
+    /// Serve a stale response this long past its lifetime when the origin sends neither
+    /// `stale-while-revalidate` nor `stale-if-error` (and allows stale use). Zero = off.
+    pub grace: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +223,8 @@ impl Default for CacheConfig {
             compression_threshold: 1024,
             default_ttl: Duration::ZERO,
             coalesce_timeout: Duration::from_secs(10),
+            max_heuristic_ttl: Duration::from_secs(24 * 3600),
+            targeted_field: Some(HeaderName::from_static("augur-cache-control")),
         }
     }
 }
@@ -292,6 +320,13 @@ struct RawCache {
     /// How long concurrent misses for one key wait for the leader's response before fetching
     /// themselves. Default `"10s"`.
     coalesce_timeout: Option<Human<Duration>>,
+    /// Upper bound of a heuristic freshness lifetime (10% of the time since `Last-Modified`,
+    /// used only when the origin sends no explicit freshness). Default `"24h"`; `"0s"` = never
+    /// use heuristic freshness.
+    max_heuristic_ttl: Option<Human<Duration>>,
+    /// A cache-control field aimed at Augur alone (RFC 9213 targeted field), taking precedence
+    /// over `CDN-Cache-Control` and `Cache-Control`. Default `"Augur-Cache-Control"`; `""` = none.
+    targeted_field: Option<String>,
 }
 
 /// `[redis]`: Redis (or Redis Cluster) as the second tier shared by a fleet.
@@ -355,6 +390,19 @@ struct RawRoute {
     connect_timeout: Option<Human<Duration>>,
     /// Overrides `[upstream].max_connections`.
     max_connections: Option<usize>,
+    /// How `ttl` combines with the origin's freshness: `"respect"` (default: the origin wins,
+    /// `ttl` only when it says nothing), `"override"` (`ttl` wins), `"floor"` (at least `ttl`),
+    /// `"cap"` (at most `ttl`). Anything but `"respect"` needs a non-zero `ttl` or
+    /// `[cache].default_ttl`.
+    cache_mode: Option<Human<CacheMode>>,
+    /// Store responses that carry `Set-Cookie`; the cookie is stripped from the stored copy
+    /// and never served from the cache. Default `false` (such responses are not stored).
+    cache_set_cookie: Option<bool>,
+    /// Serve stale responses up to this long past their lifetime, refreshed in the background
+    /// or when the upstream fails, for origins that send neither `stale-while-revalidate` nor
+    /// `stale-if-error`. Never for `must-revalidate`, `proxy-revalidate`, `no-cache`,
+    /// `s-maxage`. Default `"0s"` (off).
+    grace: Option<Human<Duration>>,
 }
 
 // ───────────────────────────── loading and validation ─────────────────────────────
@@ -620,6 +668,17 @@ fn build(doc: &Doc, raw: RawConfig) -> Result<Config, ConfigError> {
             .map_or(cd.compression_threshold, |h| h.0 .0),
         default_ttl: c.default_ttl.map_or(cd.default_ttl, |h| h.0),
         coalesce_timeout: c.coalesce_timeout.map_or(cd.coalesce_timeout, |h| h.0),
+        max_heuristic_ttl: c.max_heuristic_ttl.map_or(cd.max_heuristic_ttl, |h| h.0),
+        targeted_field: match c.targeted_field {
+            None => cd.targeted_field,
+            Some(t) if t.trim().is_empty() => None,
+            Some(t) => Some(HeaderName::from_bytes(t.trim().as_bytes()).map_err(|_| {
+                doc.err(
+                    "cache.targeted_field",
+                    format!(r#"invalid header name {t:?} (expected e.g. "Augur-Cache-Control", or "" for none)"#),
+                )
+            })?),
+        },
     };
     if raw.route.is_empty() {
         return Err(doc.err(
@@ -638,7 +697,7 @@ fn build(doc: &Doc, raw: RawConfig) -> Result<Config, ConfigError> {
             return Err(doc.err(&format!("route[{i}].name"), msg));
         }
         names.insert(r.name.clone(), i);
-        routes.push(build_route(doc, i, r, &upstream)?);
+        routes.push(build_route(doc, i, r, &upstream, &cache)?);
     }
     let redis = match raw.redis {
         Some(r) => Some(build_redis(doc, r)?),
@@ -726,6 +785,7 @@ fn build_route(
     i: usize,
     r: RawRoute,
     up: &UpstreamDefaults,
+    cache: &CacheConfig,
 ) -> Result<RouteConfig, ConfigError> {
     let field = |f: &str| format!("route[{i}].{f}");
     let valid_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
@@ -818,7 +878,16 @@ fn build_route(
         timeout: r.timeout.map_or(up.timeout, |h| h.0),
         connect_timeout: r.connect_timeout.map_or(up.connect_timeout, |h| h.0),
         max_connections: r.max_connections.unwrap_or(up.max_connections),
+        cache_mode: r.cache_mode.map_or(CacheMode::Respect, |h| h.0),
+        cache_set_cookie: r.cache_set_cookie.unwrap_or(false),
+        grace: r.grace.map_or(Duration::ZERO, |h| h.0),
     };
+    if route.cache_mode != CacheMode::Respect && route.effective_ttl(cache).is_zero() {
+        return Err(doc.err(
+            &field("cache_mode"),
+            "needs a TTL to apply (set `ttl` on the route or `[cache].default_ttl`, or use \"respect\")",
+        ));
+    }
     for (name, d) in [
         ("timeout", route.timeout),
         ("connect_timeout", route.connect_timeout),

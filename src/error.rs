@@ -20,6 +20,8 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("request body larger than the {limit}-byte limit")]
     BodyTooLarge { limit: u64 },
+    #[error("only-if-cached: no stored response can answer this request")]
+    NotCached,
     // ---- upstream
     #[error("upstream unreachable: {0}")]
     UpstreamConnect(String),
@@ -38,7 +40,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_) | ProxyError::UpstreamProtocol(_) => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamTimeout(_) | ProxyError::NotCached => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -48,6 +50,7 @@ impl ProxyError {
             ProxyError::NoRoute(_) => "no_route",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::NotCached => "not_cached",
             ProxyError::UpstreamConnect(_) => "upstream_unreachable",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::UpstreamProtocol(_) => "upstream_error",

@@ -8,12 +8,15 @@
 //!                                                    query params sorted (route include/exclude),
 //!                                                    route key headers ─► blake3, 128 bits
 //!   cache    cache.lookup_or_fetch(key, fetch)       L1 (quick_cache, byte-weighted)
-//!              ├─ memory   fresh ─► HIT │ stale or vacant ─► join or lead the flight
+//!              ├─ memory   fresh ─► HIT │ stale-while-revalidate ─► STALE + background refresh
+//!              │           stale or vacant ─► join or lead the flight
 //!              ├─ redis    ([redis]) the leader asks L2 ─► HIT (x-cache-tier: L2), promote to L1
-//!              ├─ upstream only the leader fetches; others wait (coalesced, with a deadline)
-//!              ├─ policy   storable? how fresh? (RFC 9111 + route TTL) ─► store or pass
+//!              ├─ upstream only the leader fetches (conditionally when stale: 304 ─► REVALIDATED;
+//!              │           5xx/unreachable within stale-if-error ─► STALE); others wait
+//!              ├─ policy   storable? how fresh? (RFC 9111/5861/9213 + route mode) ─► store or pass
 //!              └─ entry    zstd-encode once; L1 insert; L2 write-behind (spawned)
-//!   respond  entry ─► response (Age, x-cache), pass-through streamed
+//!   respond  entry ─► response (Age, x-cache, 304 for a matching client validator, 206 for
+//!            one byte range), pass-through streamed; unsafe methods invalidate (§4.4)
 //! admin    /metrics /healthz /readyz /purge … on its own listener
 //! ```
 //!
@@ -30,6 +33,7 @@ pub mod error;
 pub mod key;
 pub mod metrics;
 pub mod proxy;
+pub mod range;
 pub mod route;
 pub mod server;
 pub mod upstream;

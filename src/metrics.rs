@@ -19,16 +19,29 @@ pub enum CacheStatus {
     Miss,
     /// Not looked up: the request is not one a cache may answer (method, Range, body…).
     Bypass,
+    /// Served from the store past its freshness lifetime, as `stale-while-revalidate`,
+    /// `stale-if-error`, a route's grace or the client's `max-stale` allowed.
+    Stale,
+    /// A stale stored response, revalidated upstream with a 304 and served.
+    Revalidated,
 }
 
 impl CacheStatus {
-    pub const ALL: [CacheStatus; 3] = [CacheStatus::Hit, CacheStatus::Miss, CacheStatus::Bypass];
+    pub const ALL: [CacheStatus; 5] = [
+        CacheStatus::Hit,
+        CacheStatus::Miss,
+        CacheStatus::Bypass,
+        CacheStatus::Stale,
+        CacheStatus::Revalidated,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             CacheStatus::Hit => "HIT",
             CacheStatus::Miss => "MISS",
             CacheStatus::Bypass => "BYPASS",
+            CacheStatus::Stale => "STALE",
+            CacheStatus::Revalidated => "REVALIDATED",
         }
     }
 
@@ -113,6 +126,7 @@ pub struct Metrics {
     pub cache_capacity: Gauge,
     pub cache_evictions: Counter,
     pub cache_stored: Counter,
+    pub cache_invalidated: Counter,
     pub compression_saved: Counter,
     pub coalesced: Counter,
 }
@@ -166,6 +180,11 @@ impl Metrics {
         describe(r, "augur_cache_stored_total", "Responses stored in L1.");
         describe(
             r,
+            "augur_cache_invalidated_total",
+            "Stored responses dropped because an unsafe request changed them (RFC 9111 §4.4).",
+        );
+        describe(
+            r,
             "augur_compression_saved_bytes_total",
             "Body bytes saved by zstd on store (original minus compressed).",
         );
@@ -214,6 +233,7 @@ impl Metrics {
             cache_capacity: gauge(r, "augur_cache_capacity_bytes"),
             cache_evictions: counter(r, "augur_cache_evictions_total", &[]),
             cache_stored: counter(r, "augur_cache_stored_total", &[]),
+            cache_invalidated: counter(r, "augur_cache_invalidated_total", &[]),
             compression_saved: counter(r, "augur_compression_saved_bytes_total", &[]),
             coalesced: counter(r, "augur_coalesced_total", &[]),
             routes,

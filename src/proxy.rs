@@ -1,30 +1,57 @@
 //! The request path, top to bottom: route ─► key ─► cache (L1 ─► coalesced upstream fetch ─►
 //! policy ─► store) ─► respond. One readable function per step; everything that can fail
 //! becomes a response through `error`, never a panic.
+//!
+//! The miss side (`fetch_for_store`) also revalidates: when L1 holds a stale entry with
+//! validators it asks conditionally, and turns a 304 into a freshened entry, or an upstream
+//! failure into the stale entry when `stale-if-error` / grace allow. A `stale-while-revalidate`
+//! hit is answered at once and queued for one background refresh through the same coalesced
+//! path (`refresh`). Unsafe methods invalidate what they changed (`invalidated_by`).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::Limited;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
 
 use crate::body::{Body, Prefixed};
 use crate::cache::entry::{owned_headers, Compression, Entry, StoredBody};
-use crate::cache::policy::{self, Decision};
-use crate::cache::{Cache, CacheSettings, CacheStatus, Clock, Fetched, Outcome};
+use crate::cache::policy::{self, Decision, Stored, Use};
+use crate::cache::{Cache, CacheSettings, CacheStatus, Clock, Fetched, Outcome, Want};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
+use crate::range::{self, ByteRange};
 use crate::route::{Route, Routes};
 use crate::upstream::{self, buffer_body, Buffered, Upstream, UpstreamBody};
 
 /// Bodies at least this large are compressed off the async workers.
 const BLOCKING_COMPRESS: usize = 256 * 1024;
+
+/// Background refreshes waiting to start; more are dropped (the next stale hit asks again).
+const REFRESH_QUEUE: usize = 1024;
+
+/// Headers a fetch removed from the stored copy (`private="…"`, `Set-Cookie`) that still belong
+/// in the response to the request that made the fetch.
+type LeaderOnly = Mutex<Option<HeaderMap>>;
+
+/// A `stale-while-revalidate` refresh to run in the background (owned: it outlives the request).
+struct Refresh {
+    key: CacheKey,
+    route: usize,
+    uri: Uri,
+    headers: HeaderMap,
+    peer: SocketAddr,
+    host: String,
+}
 
 static X_CACHE: http::HeaderName = http::HeaderName::from_static("x-cache");
 /// `L2` on a hit served from Redis (`x-cache` stays `HIT`).
@@ -40,6 +67,13 @@ pub struct Proxy {
     max_entry_size: u64,
     max_request_body: u64,
     default_ttl_ms: u64,
+    heuristic_max_ms: u64,
+    /// Augur's own targeted field (when configured), then `CDN-Cache-Control`.
+    targeted: Vec<HeaderName>,
+    refresh_tx: mpsc::Sender<Refresh>,
+    refresh_rx: Mutex<Option<mpsc::Receiver<Refresh>>>,
+    /// Keys with a refresh queued or running, so a burst of stale hits refreshes once.
+    refreshing: Mutex<HashSet<CacheKey>>,
 }
 
 impl Proxy {
@@ -56,6 +90,14 @@ impl Proxy {
             coalesce_timeout: config.cache.coalesce_timeout,
             redis: config.redis.clone(),
         };
+        let targeted = config
+            .cache
+            .targeted_field
+            .iter()
+            .cloned()
+            .chain([policy::CDN_CACHE_CONTROL.clone()])
+            .collect();
+        let (refresh_tx, refresh_rx) = mpsc::channel(REFRESH_QUEUE);
         Ok(Proxy {
             routes,
             upstreams,
@@ -68,7 +110,26 @@ impl Proxy {
             max_entry_size: config.cache.max_entry_size,
             max_request_body: config.server.max_request_body,
             default_ttl_ms: config.cache.default_ttl.as_millis() as u64,
+            heuristic_max_ms: config.cache.max_heuristic_ttl.as_millis() as u64,
+            targeted,
+            refresh_tx,
+            refresh_rx: Mutex::new(Some(refresh_rx)),
+            refreshing: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Start the background refresher (`stale-while-revalidate`); the server calls this once.
+    /// Without it (benches driving `handle` directly) stale entries are still served within
+    /// their window, and refreshed by the first request after it.
+    pub fn spawn_refresher(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let mut rx = self.refresh_rx.lock().take()?;
+        let proxy = self.clone();
+        Some(tokio::spawn(async move {
+            while let Some(job) = rx.recv().await {
+                let proxy = proxy.clone();
+                tokio::spawn(async move { proxy.refresh(job).await });
+            }
+        }))
     }
 
     pub fn cache(&self) -> &Cache {
@@ -114,7 +175,13 @@ impl Proxy {
         } else {
             let (method, uri) = (parts.method.clone(), parts.uri.clone());
             let host = host.to_owned();
+            let unsafe_headers = (!method.is_safe()).then(|| parts.headers.clone());
             let resp = self.pass(route, parts, body, peer, &host).await;
+            if let Some(headers) = unsafe_headers {
+                for key in self.invalidated_by(&uri, &headers, &host, &resp) {
+                    self.cache.invalidate(&key).await;
+                }
+            }
             self.finish(route, &method, &uri, start, CacheStatus::Bypass, resp)
         }
     }
@@ -171,34 +238,132 @@ impl Proxy {
             &cfg.key_headers,
             &parts.headers,
         );
-        let fetch = || self.fetch_for_store(route, parts, peer, host);
-        let zstd = accepts_zstd(&parts.headers);
-        match self.cache.lookup_or_fetch(key, fetch).await {
-            Outcome::Hit(e) => (CacheStatus::Hit, self.respond(&e, zstd, key)),
+        let want = Want {
+            directives: policy::request_directives(&parts.headers),
+            authorization: parts.headers.contains_key(header::AUTHORIZATION),
+            allow_stale: true,
+        };
+        if want.directives.only_if_cached {
+            return self.only_if_cached(key, &want, parts);
+        }
+        let leader_only = LeaderOnly::default();
+        let fetch = || {
+            let target = Target {
+                uri: &parts.uri,
+                headers: &parts.headers,
+                peer,
+                host,
+            };
+            self.fetch_for_store(route, target, key, Some(&leader_only))
+        };
+        match self.cache.lookup_or_fetch_for(key, &want, fetch).await {
+            Outcome::Hit(e) => (CacheStatus::Hit, self.respond(&e, parts, key)),
             Outcome::HitL2(e) => {
-                let mut resp = self.respond(&e, zstd, key);
+                let mut resp = self.respond(&e, parts, key);
                 resp.headers_mut()
                     .insert(X_CACHE_TIER.clone(), HeaderValue::from_static("L2"));
                 (CacheStatus::Hit, resp)
             }
-            Outcome::Miss(e) | Outcome::Coalesced(e) => {
-                (CacheStatus::Miss, self.respond(&e, zstd, key))
+            Outcome::Miss(e) => {
+                let mut resp = self.respond(&e, parts, key);
+                if let Some(extra) = leader_only.lock().take() {
+                    for (name, value) in &extra {
+                        resp.headers_mut().append(name.clone(), value.clone());
+                    }
+                }
+                (CacheStatus::Miss, resp)
+            }
+            Outcome::Coalesced(e) => (CacheStatus::Miss, self.respond(&e, parts, key)),
+            Outcome::Revalidated(e) => (CacheStatus::Revalidated, self.respond(&e, parts, key)),
+            Outcome::Stale { entry, refresh } => {
+                if refresh {
+                    self.queue_refresh(route, parts, peer, host, key);
+                }
+                (CacheStatus::Stale, self.respond(&entry, parts, key))
             }
             Outcome::Pass(resp) => (CacheStatus::Miss, resp),
             Outcome::Failed(e) => (CacheStatus::Miss, e.to_response()),
         }
     }
 
-    /// The miss: fetch the identity representation with the client's headers, decide with
-    /// `policy`, and either build an entry or hand the response back to stream through.
-    async fn fetch_for_store(
+    /// `only-if-cached` (RFC 9111 §5.2.1.7): a stored response that satisfies the request, or
+    /// 504; never the upstream.
+    fn only_if_cached(
+        &self,
+        key: CacheKey,
+        want: &Want,
+        parts: &Parts,
+    ) -> (CacheStatus, Response<Body>) {
+        let now = self.cache.now_ms();
+        match self.cache.peek(&key) {
+            Some(e) => match policy::usable(&e, &want.directives, want.authorization, now) {
+                Use::Fresh => (CacheStatus::Hit, self.respond(&e, parts, key)),
+                Use::Stale => (CacheStatus::Stale, self.respond(&e, parts, key)),
+                _ => (CacheStatus::Miss, ProxyError::NotCached.to_response()),
+            },
+            None => (CacheStatus::Miss, ProxyError::NotCached.to_response()),
+        }
+    }
+
+    /// Queue one background refresh of `key` unless one is already queued or running.
+    fn queue_refresh(
         &self,
         route: &Route,
         parts: &Parts,
         peer: SocketAddr,
         host: &str,
+        key: CacheKey,
+    ) {
+        if !self.refreshing.lock().insert(key) {
+            return;
+        }
+        let job = Refresh {
+            key,
+            route: route.idx,
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+            peer,
+            host: host.to_owned(),
+        };
+        if self.refresh_tx.try_send(job).is_err() {
+            self.refreshing.lock().remove(&key);
+        }
+    }
+
+    /// The background half of `stale-while-revalidate`: the same coalesced fetch a miss makes,
+    /// which revalidates the stale entry (or replaces it).
+    async fn refresh(&self, job: Refresh) {
+        if let Some(route) = self.routes.iter().find(|r| r.idx == job.route) {
+            let want = Want {
+                authorization: job.headers.contains_key(header::AUTHORIZATION),
+                ..Want::default()
+            };
+            let fetch = || {
+                let target = Target {
+                    uri: &job.uri,
+                    headers: &job.headers,
+                    peer: job.peer,
+                    host: &job.host,
+                };
+                self.fetch_for_store(route, target, job.key, None)
+            };
+            let _ = self.cache.lookup_or_fetch_for(job.key, &want, fetch).await;
+        }
+        self.refreshing.lock().remove(&job.key);
+    }
+
+    /// The miss: fetch the identity representation with the client's headers (conditionally
+    /// when a stale stored entry has validators), decide with `policy`, and either build an
+    /// entry or hand the response back to stream through.
+    async fn fetch_for_store(
+        &self,
+        route: &Route,
+        target: Target<'_>,
+        key: CacheKey,
+        leader_only: Option<&LeaderOnly>,
     ) -> Fetched {
-        let mut headers = upstream::forward_headers(parts.headers.clone(), peer, host);
+        let mut headers =
+            upstream::forward_headers(target.headers.clone(), target.peer, target.host);
         // The store holds one identity representation and compresses it itself; a client's
         // validators and ranges concern the client's copy, not the one being stored.
         for name in [
@@ -212,7 +377,30 @@ impl Proxy {
         ] {
             headers.remove(name);
         }
-        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        // What L1 holds for this key may be revalidated, or stand in if the upstream fails;
+        // never across the `Authorization` rule.
+        let authorization = target.headers.contains_key(header::AUTHORIZATION);
+        let previous = self
+            .cache
+            .peek(&key)
+            .filter(|e| !authorization || e.flags.contains(crate::cache::entry::Flags::AUTH_OK));
+        let mut conditional = false;
+        if let Some(prev) = &previous {
+            if let Some(etag) = prev.headers.get(header::ETAG) {
+                headers.insert(header::IF_NONE_MATCH, etag.clone());
+                conditional = true;
+            }
+            if let Some(lm) = prev.headers.get(header::LAST_MODIFIED) {
+                headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+                conditional = true;
+            }
+        }
+        let stand_in = |now: u64| {
+            previous
+                .clone()
+                .filter(|p| policy::stale_if_error_ok(p, now))
+        };
+        let pq = target.uri.path_and_query().map_or("/", |p| p.as_str());
         let up = &self.upstreams[route.idx];
         let request_time = self.cache.now_ms();
         let started = Instant::now();
@@ -220,6 +408,9 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => {
                 self.upstream_failed(route, &e);
+                if let Some(stale) = stand_in(self.cache.now_ms()) {
+                    return Fetched::Stale(stale);
+                }
                 return Fetched::Failed(e);
             }
         };
@@ -230,32 +421,45 @@ impl Proxy {
         let (mut rparts, body) = resp.into_parts();
         upstream::strip_hop_by_hop(&mut rparts.headers);
 
-        let ttl_ms = route
-            .cfg
-            .ttl
-            .map_or(self.default_ttl_ms, |t| t.as_millis() as u64);
-        let decision = policy::decide(&policy::Input {
-            req_headers: &parts.headers,
-            status: rparts.status,
-            resp_headers: &rparts.headers,
-            route_ttl_ms: ttl_ms,
-            key_headers: &route.cfg.key_headers,
+        if let (StatusCode::NOT_MODIFIED, true, Some(prev)) =
+            (rparts.status, conditional, &previous)
+        {
+            return self.freshen(
+                route,
+                &target,
+                key,
+                prev,
+                &rparts.headers,
+                request_time,
+                response_time,
+            );
+        }
+        if policy::is_error_status(rparts.status) {
+            if let Some(stale) = stand_in(response_time) {
+                tracing::debug!(uri = %target.uri, status = rparts.status.as_u16(), "upstream error; serving stale");
+                return Fetched::Stale(stale);
+            }
+        }
+        let decision = policy::decide(&self.policy_input(
+            route,
+            &target,
+            rparts.status,
+            &rparts.headers,
             request_time,
             response_time,
-        });
-        let (lifetime, initial_age) = match decision {
+        ));
+        let stored = match decision {
             Decision::DontStore(reason) => {
-                tracing::debug!(uri = %parts.uri, reason, "not storable");
-                let remember = reason != "status";
+                tracing::debug!(uri = %target.uri, reason, "not storable");
+                // Remember only what the response itself said: a transient status or this
+                // client's own directives say nothing about the next request.
+                let remember = !matches!(reason, "status" | "request no-store" | "authorization");
                 return Fetched::Pass {
                     response: streamed(rparts, body),
                     remember,
                 };
             }
-            Decision::Store {
-                lifetime_ms,
-                initial_age_ms,
-            } => (lifetime_ms, initial_age_ms),
+            Decision::Store(s) => s,
         };
         if content_length(&rparts.headers).is_some_and(|n| n > self.max_entry_size) {
             return Fetched::Pass {
@@ -273,22 +477,120 @@ impl Proxy {
                 };
             }
             Err(e) => {
+                // The body failed mid-way (timeout, reset): as much an upstream error as no head.
                 self.upstream_failed(route, &e);
+                if let Some(stale) = stand_in(self.cache.now_ms()) {
+                    return Fetched::Stale(stale);
+                }
                 return Fetched::Failed(e);
             }
         };
-        rparts.headers.remove(header::CONTENT_LENGTH);
-        rparts.headers.remove(header::AGE);
+        if let Some(cell) = leader_only {
+            let mut extra = HeaderMap::new();
+            for name in &stored.strip {
+                for v in rparts.headers.get_all(name) {
+                    extra.append(name.clone(), v.clone());
+                }
+            }
+            if !extra.is_empty() {
+                *cell.lock() = Some(extra);
+            }
+        }
         let body = self.compress(bytes).await;
-        Fetched::Stored(Arc::new(Entry {
-            status: rparts.status,
-            headers: owned_headers(&rparts.headers),
+        Fetched::Stored(Arc::new(entry(
+            rparts.status,
+            rparts.headers,
             body,
+            stored,
             request_time,
             response_time,
-            initial_age,
-            lifetime,
-        }))
+        )))
+    }
+
+    /// Everything `policy::decide` needs for this route.
+    fn policy_input<'a>(
+        &'a self,
+        route: &'a Route,
+        target: &Target<'a>,
+        status: StatusCode,
+        resp_headers: &'a HeaderMap,
+        request_time: u64,
+        response_time: u64,
+    ) -> policy::Input<'a> {
+        let cfg = &route.cfg;
+        policy::Input {
+            req_headers: target.headers,
+            status,
+            resp_headers,
+            route_ttl_ms: cfg
+                .ttl
+                .map_or(self.default_ttl_ms, |t| t.as_millis() as u64),
+            mode: cfg.cache_mode,
+            heuristic_max_ms: self.heuristic_max_ms,
+            grace_ms: cfg.grace.as_millis() as u64,
+            cache_set_cookie: cfg.cache_set_cookie,
+            targeted: &self.targeted,
+            key_headers: &cfg.key_headers,
+            request_time,
+            response_time,
+        }
+    }
+
+    /// A 304 to a revalidation (RFC 9111 §4.3.4): the stored body with the stored headers
+    /// updated from the 304, judged afresh by `policy` (the 304 may shorten, lengthen or forbid
+    /// storing).
+    #[allow(clippy::too_many_arguments)]
+    fn freshen(
+        &self,
+        route: &Route,
+        target: &Target<'_>,
+        key: CacheKey,
+        prev: &Entry,
+        not_modified: &HeaderMap,
+        request_time: u64,
+        response_time: u64,
+    ) -> Fetched {
+        let merged = policy::freshen(&prev.headers, not_modified);
+        let decision = policy::decide(&self.policy_input(
+            route,
+            target,
+            prev.status,
+            &merged,
+            request_time,
+            response_time,
+        ));
+        match decision {
+            Decision::Store(s) => Fetched::Revalidated(Arc::new(entry(
+                prev.status,
+                merged,
+                prev.body.clone(),
+                s,
+                request_time,
+                response_time,
+            ))),
+            Decision::DontStore(reason) => {
+                // Still a valid answer for this request, but no longer storable.
+                tracing::debug!(uri = %target.uri, reason, "revalidated response no longer storable");
+                // Stale anyway, so L2 has already let it go (its TTL is the freshness left).
+                self.cache.remove(&key);
+                let once = Entry {
+                    status: prev.status,
+                    headers: merged,
+                    body: prev.body.clone(),
+                    request_time,
+                    response_time,
+                    initial_age: 0,
+                    lifetime: 0,
+                    flags: prev.flags,
+                    stale_while_revalidate: 0,
+                    stale_if_error: 0,
+                };
+                Fetched::Pass {
+                    response: self.respond_identity(&once, key),
+                    remember: false,
+                }
+            }
+        }
     }
 
     fn upstream_failed(&self, route: &Route, e: &ProxyError) {
@@ -313,9 +615,62 @@ impl Proxy {
         body
     }
 
-    /// Build a response from a stored entry: the stored frame as is for a client that accepts
-    /// zstd, the decompressed body for any other; `Age` always.
-    fn respond(&self, entry: &Arc<Entry>, zstd: bool, key: CacheKey) -> Response<Body> {
+    /// Build a response from a stored entry for this request: 304 when the client's own
+    /// validators match (RFC 9110 §13.1.1, §13.1.3), else the stored frame as is for a client
+    /// that accepts zstd, the decompressed body for any other; `Age` always.
+    fn respond(&self, entry: &Entry, req: &Parts, key: CacheKey) -> Response<Body> {
+        if entry.status.is_success() && client_copy_is_current(entry, &req.headers) {
+            return self.not_modified(entry);
+        }
+        if req.method == Method::GET && entry.status == StatusCode::OK {
+            if let Some(r) = req.headers.get(header::RANGE).and_then(range::parse) {
+                if range::if_range_holds(&entry.headers, &req.headers) {
+                    return self.ranged(entry, r, key);
+                }
+            }
+        }
+        self.build(entry, accepts_zstd(&req.headers), key)
+    }
+
+    /// One byte range of the stored body: 206 with `Content-Range`, or 416 when it lies
+    /// outside the body (RFC 9110 §14.4, §15.5.17). Always the identity coding.
+    fn ranged(&self, entry: &Entry, r: ByteRange, key: CacheKey) -> Response<Body> {
+        let Ok(full) = entry.body.decoded() else {
+            return self.build(entry, false, key);
+        };
+        let len = full.len() as u64;
+        let mut headers = entry.headers.clone();
+        headers.insert(
+            header::AGE,
+            HeaderValue::from(entry.age_ms(self.cache.now_ms()) / 1000),
+        );
+        let (status, body, content_range) = match range::resolve(r, len) {
+            Some((first, last)) => (
+                StatusCode::PARTIAL_CONTENT,
+                full.slice(first as usize..=last as usize),
+                format!("bytes {first}-{last}/{len}"),
+            ),
+            None => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                Bytes::new(),
+                format!("bytes */{len}"),
+            ),
+        };
+        if let Ok(v) = HeaderValue::from_str(&content_range) {
+            headers.insert(header::CONTENT_RANGE, v);
+        }
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let mut resp = Response::new(Body::full(body));
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        resp
+    }
+
+    fn respond_identity(&self, entry: &Entry, key: CacheKey) -> Response<Body> {
+        self.build(entry, false, key)
+    }
+
+    fn build(&self, entry: &Entry, zstd: bool, key: CacheKey) -> Response<Body> {
         // Sized once for the stored headers plus the few added here and in `finish`, so building
         // the response never grows (re-allocates and re-hashes) the map on the hit path.
         let mut headers = HeaderMap::with_capacity(entry.headers.len() + 5);
@@ -351,6 +706,67 @@ impl Proxy {
         *resp.status_mut() = entry.status;
         *resp.headers_mut() = headers;
         resp
+    }
+
+    /// 304 for a client whose copy is current: the stored headers (they include `ETag`,
+    /// `Cache-Control`, `Date`, `Expires`, `Vary` as RFC 9110 §15.4.5 asks) without a body.
+    fn not_modified(&self, entry: &Entry) -> Response<Body> {
+        let mut headers = entry.headers.clone();
+        headers.remove(header::CONTENT_LENGTH);
+        if matches!(entry.body, StoredBody::Zstd { .. }) {
+            add_vary_accept_encoding(&mut headers);
+        }
+        headers.insert(
+            header::AGE,
+            HeaderValue::from(entry.age_ms(self.cache.now_ms()) / 1000),
+        );
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        *resp.headers_mut() = headers;
+        resp
+    }
+
+    /// RFC 9111 §4.4: a non-error response to an unsafe method invalidates the stored
+    /// responses for the target URI and for `Location` / `Content-Location` on the same host.
+    fn invalidated_by(
+        &self,
+        uri: &Uri,
+        req_headers: &HeaderMap,
+        host: &str,
+        resp: &Response<Body>,
+    ) -> Vec<CacheKey> {
+        let status = resp.status();
+        if !(status.is_success() || status.is_redirection()) {
+            return Vec::new();
+        }
+        let mut targets: Vec<String> = Vec::with_capacity(3);
+        targets.push(uri.path_and_query().map_or("/", |p| p.as_str()).to_owned());
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            let Some(value) = resp.headers().get(&name).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            if let Some(pq) = same_host_target(value.trim(), host) {
+                targets.push(pq);
+            }
+        }
+        let mut keys = Vec::with_capacity(targets.len());
+        for pq in targets {
+            let path = pq.split('?').next().unwrap_or("/");
+            let Some(route) = self.routes.find(host, path, &Method::GET) else {
+                continue;
+            };
+            let cfg = &route.cfg;
+            let key = CacheKey::derive(
+                &Method::GET,
+                host,
+                &pq,
+                &cfg.query,
+                &cfg.key_headers,
+                req_headers,
+            );
+            keys.push(key);
+        }
+        keys
     }
 
     /// Everything the cache may not answer: forwarded as is, body streamed both ways.
@@ -401,11 +817,79 @@ fn streamed(parts: http::response::Parts, body: UpstreamBody) -> Response<Body> 
     Response::from_parts(parts, Body::stream(body))
 }
 
-/// Only GET and HEAD without a body or a Range are answered by the cache.
+/// The request a fetch is made for (borrowed from the client's request or a queued refresh).
+struct Target<'a> {
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    peer: SocketAddr,
+    host: &'a str,
+}
+
+/// A stored entry from a response and the policy's decision: fields the policy strips
+/// removed, framing and `Age` dropped (recomputed when served).
+fn entry(
+    status: StatusCode,
+    mut headers: HeaderMap,
+    body: StoredBody,
+    s: Stored,
+    request_time: u64,
+    response_time: u64,
+) -> Entry {
+    for name in &s.strip {
+        headers.remove(name);
+    }
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::AGE);
+    Entry {
+        status,
+        headers: owned_headers(&headers),
+        body,
+        request_time,
+        response_time,
+        initial_age: s.initial_age_ms,
+        lifetime: s.lifetime_ms,
+        flags: s.flags,
+        stale_while_revalidate: s.stale_while_revalidate_ms,
+        stale_if_error: s.stale_if_error_ms,
+    }
+}
+
+/// Does the client's conditional request match the stored entry? `If-None-Match` wins over
+/// `If-Modified-Since` (RFC 9110 §13.2.2). Two map lookups when the request has neither.
+fn client_copy_is_current(entry: &Entry, req: &HeaderMap) -> bool {
+    let mut inm = req.get_all(header::IF_NONE_MATCH).iter().peekable();
+    if inm.peek().is_some() {
+        let etag = entry.headers.get(header::ETAG);
+        return inm.any(|v| policy::if_none_match(etag, v));
+    }
+    match req.get(header::IF_MODIFIED_SINCE) {
+        Some(since) => policy::not_modified_since(entry.headers.get(header::LAST_MODIFIED), since),
+        None => false,
+    }
+}
+
+/// `Location` / `Content-Location` as an origin-form target when it names `host` (or is a path).
+fn same_host_target(value: &str, host: &str) -> Option<String> {
+    if value.starts_with('/') && !value.starts_with("//") {
+        return Some(value.to_owned());
+    }
+    let uri: Uri = value.parse().ok()?;
+    let authority = uri.authority()?;
+    let trim = |h: &str| h.trim_end_matches('.').to_ascii_lowercase();
+    let same = trim(authority.as_str()) == trim(host)
+        || (authority.port().is_none() && trim(authority.host()) == trim(host));
+    same.then(|| uri.path_and_query().map_or("/", |p| p.as_str()).to_owned())
+}
+
+/// Only GET and HEAD without a body are answered by the cache; a `Range` only when it is one
+/// byte range on a GET (sliced from the stored full response), others pass through.
 fn is_cacheable_request(parts: &Parts) -> bool {
     (parts.method == Method::GET || parts.method == Method::HEAD)
-        && !parts.headers.contains_key(header::RANGE)
         && !has_body(&parts.headers)
+        && parts
+            .headers
+            .get(header::RANGE)
+            .is_none_or(|r| parts.method == Method::GET && range::parse(r).is_some())
 }
 
 fn has_body(headers: &HeaderMap) -> bool {

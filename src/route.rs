@@ -208,6 +208,9 @@ mod tests {
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             max_connections: 64,
+            cache_mode: crate::config::CacheMode::Respect,
+            cache_set_cookie: false,
+            grace: Duration::ZERO,
         }
     }
 

@@ -85,6 +85,8 @@ pub async fn run(
         ready,
     } = instance;
     let admin = Arc::new(Admin::new(proxy.clone(), metrics.clone(), ready.clone()));
+    // stale-while-revalidate refreshes run here, off the request path.
+    let refresher = proxy.spawn_refresher();
     let upkeep = {
         let metrics = metrics.clone();
         tokio::spawn(async move {
@@ -167,6 +169,9 @@ pub async fn run(
         Err(_) => tracing::warn!("grace period over; closing the remaining connections"),
     }
     upkeep.abort();
+    if let Some(r) = refresher {
+        r.abort();
+    }
     Ok(())
 }
 

@@ -84,6 +84,24 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         r#"invalid header name "X Tenant""#,
     ),
     (
+        "bad_cache_mode.toml",
+        "4:14",
+        "route[0].cache_mode",
+        r#"invalid cache mode "sometimes" (expected "respect", "override", "floor" or "cap")"#,
+    ),
+    (
+        "cache_mode_without_ttl.toml",
+        "4:14",
+        "route[0].cache_mode",
+        "needs a TTL to apply",
+    ),
+    (
+        "bad_targeted_field.toml",
+        "2:18",
+        "cache.targeted_field",
+        r#"invalid header name "Augur Cache""#,
+    ),
+    (
         "bad_glob.toml",
         "4:8",
         "route[0].path",
@@ -496,4 +514,45 @@ fn redis_url_from_the_environment() {
         err.starts_with(r#"AUGUR_REDIS_URL: invalid Redis URL "http://x""#),
         "{err}"
     );
+}
+
+#[test]
+fn caching_keys_parse_with_their_defaults() {
+    let text = r#"
+[cache]
+max_heuristic_ttl = "1h"
+targeted_field = ""
+
+[[route]]
+name = "a"
+upstream = "http://127.0.0.1:8081"
+
+[[route]]
+name = "b"
+upstream = "http://127.0.0.1:8081"
+ttl = "10s"
+cache_mode = "Floor"
+cache_set_cookie = true
+grace = "30s"
+"#;
+    let c = Config::from_str(text, "t.toml").unwrap();
+    assert_eq!(c.cache.max_heuristic_ttl, Duration::from_secs(3600));
+    assert_eq!(c.cache.targeted_field, None);
+    let (a, b) = (&c.routes[0], &c.routes[1]);
+    assert_eq!(a.cache_mode, augur::config::CacheMode::Respect);
+    assert!(!a.cache_set_cookie);
+    assert_eq!(a.grace, Duration::ZERO);
+    assert_eq!(b.cache_mode, augur::config::CacheMode::Floor);
+    assert!(b.cache_set_cookie);
+    assert_eq!(b.grace, Duration::from_secs(30));
+    let d = Config::from_str(
+        "[[route]]\nname = \"a\"\nupstream = \"http://h\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        d.cache.targeted_field.unwrap().as_str(),
+        "augur-cache-control"
+    );
+    assert_eq!(d.cache.max_heuristic_ttl, Duration::from_secs(24 * 3600));
 }

@@ -122,6 +122,33 @@ pub fn owned_headers(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// Revalidation rules fixed at store time, so a hit never re-parses `Cache-Control`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flags(pub u8);
+
+impl Flags {
+    /// `must-revalidate`, `proxy-revalidate` or `s-maxage`: never served stale on a client's
+    /// `max-stale`.
+    pub const MUST_REVALIDATE: u8 = 1;
+    /// Unqualified `no-cache`: revalidated before every use.
+    pub const NO_CACHE: u8 = 2;
+    /// `public`, `s-maxage` or `must-revalidate`: may answer a request with `Authorization`
+    /// (RFC 9111 §3.5).
+    pub const AUTH_OK: u8 = 4;
+
+    pub fn contains(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+
+    pub fn set(&mut self, bit: u8, on: bool) {
+        if on {
+            self.0 |= bit;
+        } else {
+            self.0 &= !bit;
+        }
+    }
+}
+
 /// A stored response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -137,6 +164,11 @@ pub struct Entry {
     pub initial_age: u64,
     /// Freshness lifetime (ms).
     pub lifetime: u64,
+    pub flags: Flags,
+    /// How long past `lifetime` it may be served while refreshed in the background (ms).
+    pub stale_while_revalidate: u64,
+    /// How long past `lifetime` it may stand in for a failed upstream (ms).
+    pub stale_if_error: u64,
 }
 
 impl Entry {
@@ -169,7 +201,8 @@ impl Entry {
     /// The versioned, checksummed binary form.
     ///
     /// Layout (big-endian): `"AUGE"`, version u8, status u16, request_time u64, response_time u64,
-    /// initial_age u64, lifetime u64, header count u16, then per header: name len u16, name,
+    /// initial_age u64, lifetime u64, flags u8, stale_while_revalidate u64, stale_if_error u64,
+    /// header count u16, then per header: name len u16, name,
     /// value len u32, value; body kind u8 (0 raw, 1 zstd), decoded len u64, stored len u32,
     /// stored bytes; then the first 16 bytes of blake3 over everything before.
     pub fn encode(&self) -> Bytes {
@@ -181,6 +214,9 @@ impl Entry {
         buf.put_u64(self.response_time);
         buf.put_u64(self.initial_age);
         buf.put_u64(self.lifetime);
+        buf.put_u8(self.flags.0);
+        buf.put_u64(self.stale_while_revalidate);
+        buf.put_u64(self.stale_if_error);
         buf.put_u16(self.headers.len().min(usize::from(u16::MAX)) as u16);
         for (name, value) in self.headers.iter().take(usize::from(u16::MAX)) {
             buf.put_u16(name.as_str().len() as u16);
@@ -224,6 +260,9 @@ impl Entry {
         let response_time = get_u64(&mut r)?;
         let initial_age = get_u64(&mut r)?;
         let lifetime = get_u64(&mut r)?;
+        let flags = Flags(get_u8(&mut r)?);
+        let stale_while_revalidate = get_u64(&mut r)?;
+        let stale_if_error = get_u64(&mut r)?;
         let count = get_u16(&mut r)?;
         let mut headers = HeaderMap::with_capacity(usize::from(count));
         for _ in 0..count {
@@ -255,12 +294,16 @@ impl Entry {
             response_time,
             initial_age,
             lifetime,
+            flags,
+            stale_while_revalidate,
+            stale_if_error,
         })
     }
 }
 
 const MAGIC: &[u8; 4] = b"AUGE";
-const VERSION: u8 = 1;
+/// 2: flags and the stale windows after `lifetime`.
+const VERSION: u8 = 2;
 const CHECKSUM_LEN: usize = 16;
 
 /// Why a stored value was refused.
@@ -321,6 +364,9 @@ mod tests {
             response_time: 20,
             initial_age: 5_000,
             lifetime: 60_000,
+            flags: Flags(Flags::AUTH_OK),
+            stale_while_revalidate: 7_000,
+            stale_if_error: 9_000,
         }
     }
 

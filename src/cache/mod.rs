@@ -11,6 +11,11 @@
 //! is not hit N times), or "pass" (each waiter fetches for itself, concurrently). A waiter stops
 //! waiting after `coalesce_timeout` and fetches on its own, so a stuck leader cannot hang the
 //! rest. A leader dropped mid-flight (client gone) wakes its waiters, and one of them leads.
+//!
+//! Whether a stored entry may answer a request is `policy::usable` (freshness, the request's
+//! own directives, `Authorization`); a stale entry that may not be served goes through the same
+//! flight, where the fetch revalidates it (a 304 comes back as [`Fetched::Revalidated`]) or
+//! lets it stand in for a failed upstream ([`Fetched::Stale`]).
 
 pub mod entry;
 pub mod memory;
@@ -34,8 +39,9 @@ use crate::error::ProxyError;
 use crate::key::CacheKey;
 pub use crate::metrics::CacheStatus;
 use crate::metrics::Metrics;
-use entry::Entry;
+use entry::{Entry, Flags};
 use memory::Memory;
+use policy::Use;
 
 /// Wall-clock time in unix milliseconds. Tests drive a manual clock so that expiry is
 /// checked without sleeping.
@@ -84,6 +90,11 @@ pub enum Fetched {
     },
     /// The upstream failed.
     Failed(ProxyError),
+    /// The stored entry was revalidated (304): freshened, to be stored again.
+    Revalidated(Arc<Entry>),
+    /// The upstream failed and the stored entry may stand in (`stale-if-error`, grace):
+    /// served, not stored again.
+    Stale(Arc<Entry>),
 }
 
 /// What a lookup produced.
@@ -96,6 +107,14 @@ pub enum Outcome {
     Miss(Arc<Entry>),
     /// Fetched by a concurrent request this caller waited for.
     Coalesced(Arc<Entry>),
+    /// A stale entry, revalidated upstream with a 304 and stored again.
+    Revalidated(Arc<Entry>),
+    /// Served stale; `refresh`: the caller should start a background refresh
+    /// (`stale-while-revalidate`).
+    Stale {
+        entry: Arc<Entry>,
+        refresh: bool,
+    },
     /// Fetched by this caller, not stored.
     Pass(Response<Body>),
     Failed(ProxyError),
@@ -106,6 +125,7 @@ enum Flight {
     Pending,
     Stored(Arc<Entry>),
     FromL2(Arc<Entry>),
+    Stale(Arc<Entry>),
     Pass,
     Failed(ProxyError),
     Abandoned,
@@ -113,6 +133,26 @@ enum Flight {
 
 /// How long a key whose response was uncacheable skips coalescing ("hit-for-pass").
 const PASS_MARK: Duration = Duration::from_secs(5);
+
+/// What one request accepts from the store.
+#[derive(Debug, Default, Clone)]
+pub struct Want {
+    /// The request's cache directives (`policy::request_directives`).
+    pub directives: policy::CacheControl,
+    /// The request carries `Authorization` (RFC 9111 §3.5).
+    pub authorization: bool,
+    /// A stale entry may be served (`max-stale`, `stale-while-revalidate`). False for the
+    /// background refresh itself and for callers that want a fresh entry.
+    pub allow_stale: bool,
+}
+
+impl Want {
+    /// May a just-fetched entry answer this request? Only `Authorization` can say no: an entry
+    /// fetched a moment ago is as fresh as the request can get.
+    fn accepts_fetched(&self, entry: &Entry) -> bool {
+        !self.authorization || entry.flags.contains(Flags::AUTH_OK)
+    }
+}
 
 /// Settings for [`Cache`].
 #[derive(Debug, Clone)]
@@ -189,15 +229,47 @@ impl Cache {
         entry.is_fresh(self.clock.now_ms()).then_some(entry)
     }
 
-    /// Serve `key` from L1, or run `fetch` once for all concurrent callers and store what it
-    /// allows. `fetch` may run again for a caller whose leader passed or timed out.
+    /// Whatever L1 holds for `key`, fresh or not (for revalidation and `only-if-cached`).
+    pub fn peek(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        self.memory.get(key)
+    }
+
+    /// Serve a fresh `key` from L1, or run `fetch` once for all concurrent callers and store
+    /// what it allows (see [`Cache::lookup_or_fetch_for`]).
     pub async fn lookup_or_fetch<F, Fut>(&self, key: CacheKey, fetch: F) -> Outcome
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Fetched>,
     {
-        if let Some(entry) = self.lookup(&key) {
-            return Outcome::Hit(entry);
+        self.lookup_or_fetch_for(key, &Want::default(), fetch).await
+    }
+
+    /// Serve `key` from L1 when the entry may answer a request that wants `want`, or run
+    /// `fetch` once for all concurrent callers and store what it allows. `fetch` may run again
+    /// for a caller whose leader passed or timed out.
+    pub async fn lookup_or_fetch_for<F, Fut>(&self, key: CacheKey, want: &Want, fetch: F) -> Outcome
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Fetched>,
+    {
+        if let Some(entry) = self.memory.get(&key) {
+            let now = self.clock.now_ms();
+            match policy::usable(&entry, &want.directives, want.authorization, now) {
+                Use::Fresh => return Outcome::Hit(entry),
+                Use::Stale if want.allow_stale => {
+                    return Outcome::Stale {
+                        entry,
+                        refresh: false,
+                    }
+                }
+                Use::StaleWhileRevalidate if want.allow_stale => {
+                    return Outcome::Stale {
+                        entry,
+                        refresh: true,
+                    }
+                }
+                _ => {}
+            }
         }
         if self.pass_marked(&key) {
             return self.fetch_alone(key, &fetch).await;
@@ -215,6 +287,18 @@ impl Cache {
                             self.store(key, entry.clone());
                             guard.finish(Flight::Stored(entry.clone()));
                             Outcome::Miss(entry)
+                        }
+                        Fetched::Revalidated(entry) => {
+                            self.store(key, entry.clone());
+                            guard.finish(Flight::Stored(entry.clone()));
+                            Outcome::Revalidated(entry)
+                        }
+                        Fetched::Stale(entry) => {
+                            guard.finish(Flight::Stale(entry.clone()));
+                            Outcome::Stale {
+                                entry,
+                                refresh: false,
+                            }
                         }
                         Fetched::Pass { response, remember } => {
                             if remember {
@@ -247,6 +331,11 @@ impl Cache {
                         }
                     };
                     match flight {
+                        Flight::Stored(entry) | Flight::Stale(entry)
+                            if !want.accepts_fetched(&entry) =>
+                        {
+                            return self.fetch_alone(key, &fetch).await;
+                        }
                         Flight::Stored(entry) => {
                             self.metrics.coalesced.increment(1);
                             return Outcome::Coalesced(entry);
@@ -255,6 +344,13 @@ impl Cache {
                             self.metrics.coalesced.increment(1);
                             return Outcome::HitL2(entry);
                         }
+                        Flight::Stale(entry) => {
+                            self.metrics.coalesced.increment(1);
+                            return Outcome::Stale {
+                                entry,
+                                refresh: false,
+                            };
+                        }
                         Flight::Failed(e) => {
                             self.metrics.coalesced.increment(1);
                             return Outcome::Failed(e);
@@ -262,7 +358,9 @@ impl Cache {
                         Flight::Pass => return self.fetch_alone(key, &fetch).await,
                         Flight::Abandoned | Flight::Pending => {
                             if let Some(entry) = self.lookup(&key) {
-                                return Outcome::Hit(entry);
+                                if want.accepts_fetched(&entry) {
+                                    return Outcome::Hit(entry);
+                                }
                             }
                         }
                     }
@@ -283,6 +381,14 @@ impl Cache {
                 self.store(key, entry.clone());
                 Outcome::Miss(entry)
             }
+            Fetched::Revalidated(entry) => {
+                self.store(key, entry.clone());
+                Outcome::Revalidated(entry)
+            }
+            Fetched::Stale(entry) => Outcome::Stale {
+                entry,
+                refresh: false,
+            },
             Fetched::Pass { response, .. } => Outcome::Pass(response),
             Fetched::Failed(e) => Outcome::Failed(e),
         }
@@ -356,13 +462,13 @@ impl Cache {
     pub fn identity_body(
         &self,
         key: &CacheKey,
-        entry: &Arc<Entry>,
+        entry: &Entry,
     ) -> Result<bytes::Bytes, entry::CodecError> {
         match &entry.body {
             entry::StoredBody::Raw(b) => Ok(b.clone()),
             entry::StoredBody::Zstd { .. } => {
                 // Tag with the entry's identity so a replaced entry never serves an old body.
-                let tag = (Arc::as_ptr(entry) as usize as u64) ^ entry.response_time;
+                let tag = (std::ptr::from_ref(entry) as usize as u64) ^ entry.response_time;
                 if let Some((t, body)) = self.decoded.cache.get(key) {
                     if t == tag {
                         return Ok(body);
@@ -387,7 +493,8 @@ impl Cache {
         self.memory.clear();
     }
 
-    /// Purge `key` everywhere: from L2 first (so nothing promotes it back), then from this L1,
+    /// Purge `key` everywhere (an admin purge, or RFC 9111 §4.4: an unsafe request changed the
+    /// resource): from L2 first (so nothing promotes it back), then from this L1,
     /// and, through Redis pub/sub, from every instance's L1. `true` when some tier held it.
     /// When Redis is unreachable, only this L1 is purged and the error is logged.
     pub async fn invalidate(&self, key: &CacheKey) -> bool {
@@ -398,7 +505,12 @@ impl Cache {
             }),
             None => false,
         };
-        self.memory.remove(key) || in_l2
+        self.pass_marks.lock().remove(key);
+        let in_l1 = self.memory.remove(key);
+        if in_l1 || in_l2 {
+            self.metrics.cache_invalidated.increment(1);
+        }
+        in_l1 || in_l2
     }
 
     /// Purge everything under the key prefix in L2 and every instance's L1.

@@ -12,7 +12,7 @@ use http::{HeaderName, Method, Uri};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use super::LogFormat;
+use super::{CacheMode, LogFormat};
 
 /// A value written in a human form (`"30s"`, `"8MiB"`, `"127.0.0.1:8080"`) and parsed while
 /// deserializing, so that `toml` reports a bad value at its own position.
@@ -132,6 +132,21 @@ impl HumanUnit for LogFormat {
             "json" => Ok(LogFormat::Json),
             _ => Err(format!(
                 r#"invalid log format {s:?} (expected "text" or "json")"#
+            )),
+        }
+    }
+}
+
+impl HumanUnit for CacheMode {
+    const EXPECTING: &'static str = r#""respect", "override", "floor" or "cap""#;
+    fn parse(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "respect" => Ok(CacheMode::Respect),
+            "override" => Ok(CacheMode::Override),
+            "floor" => Ok(CacheMode::Floor),
+            "cap" => Ok(CacheMode::Cap),
+            _ => Err(format!(
+                r#"invalid cache mode {s:?} (expected "respect", "override", "floor" or "cap")"#
             )),
         }
     }

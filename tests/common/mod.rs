@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,7 +27,15 @@ use tokio::sync::oneshot;
 /// A real upstream. Its behaviour is chosen per request by query parameters:
 /// `delay_ms=N` (wait before the head), `cc=...` (Cache-Control), `size=N` (body bytes of
 /// compressible JSON), `stream=1` (chunked, no Content-Length), `status=N`, `h_<name>=v`
-/// (extra response header). It echoes the request headers it received as `x-echo-<name>`.
+/// (extra response header), `validate=1` (answer 304 when the request's `If-None-Match`
+/// matches the `h_etag` value, or it carries `If-Modified-Since` and `h_last-modified` is set).
+/// It echoes the request headers it received as `x-echo-<name>` and sends `x-count: N`, the
+/// number of requests served for this path-and-query so far.
+///
+/// `fail` switches every response at once (the URL, hence the cache key, stays the same):
+/// 0 = normal, 1 = drop the connection without answering, 2 = answer after 1.5 s (to hit the
+/// proxy's timeout), any status code = that status.
+/// [`Upstream::stop`] also closes the listener, so new connections are refused.
 #[derive(Clone)]
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -36,6 +44,11 @@ pub struct Upstream {
     pub inflight: Arc<AtomicUsize>,
     pub max_inflight: Arc<AtomicUsize>,
     pub last_headers: Arc<Mutex<Option<HeaderMap>>>,
+    pub fail: Arc<AtomicU16>,
+    /// When set ([`Upstream::follow`]), the `Date` header follows this clock instead of the
+    /// real time, so that the proxy's manual clock and the upstream agree on ages.
+    clock: Arc<Mutex<Option<Clock>>>,
+    accept: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Upstream {
@@ -48,9 +61,12 @@ impl Upstream {
             inflight: Default::default(),
             max_inflight: Default::default(),
             last_headers: Default::default(),
+            fail: Default::default(),
+            clock: Default::default(),
+            accept: Default::default(),
         };
         let state = up.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
@@ -59,7 +75,17 @@ impl Upstream {
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let state = state.clone();
-                        async move { Ok::<_, Infallible>(state.serve(req).await) }
+                        async move {
+                            match state.fail.load(Ordering::SeqCst) {
+                                1 => {
+                                    state.total.fetch_add(1, Ordering::SeqCst);
+                                    return Err(std::io::Error::other("upstream told to fail"));
+                                }
+                                2 => tokio::time::sleep(Duration::from_millis(1500)).await,
+                                _ => {}
+                            }
+                            Ok::<_, std::io::Error>(state.serve(req).await)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -67,7 +93,32 @@ impl Upstream {
                 });
             }
         });
+        *up.accept.lock().unwrap() = Some(task);
         up
+    }
+
+    /// Send `Date` from `clock` (normally the proxy's manual clock).
+    pub fn follow(&self, clock: &Clock) {
+        *self.clock.lock().unwrap() = Some(clock.clone());
+    }
+
+    /// Stop accepting connections, and fail requests on the ones already open.
+    pub fn stop(&self) {
+        self.fail.store(1, Ordering::SeqCst);
+        if let Some(t) = self.accept.lock().unwrap().take() {
+            t.abort();
+        }
+    }
+
+    /// Wait (bounded, no fixed sleep) until `pq` has been served `n` times.
+    pub async fn wait_count(&self, pq: &str, n: usize) -> bool {
+        for _ in 0..400 {
+            if self.count(pq) >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
     }
 
     /// Requests served for this path-and-query.
@@ -88,7 +139,12 @@ impl Upstream {
             .path_and_query()
             .map(|p| p.to_string())
             .unwrap_or_default();
-        *self.counts.lock().unwrap().entry(pq).or_default() += 1;
+        let served = {
+            let mut counts = self.counts.lock().unwrap();
+            let c = counts.entry(pq).or_default();
+            *c += 1;
+            *c
+        };
         self.total.fetch_add(1, Ordering::SeqCst);
         let now = self.inflight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_inflight.fetch_max(now, Ordering::SeqCst);
@@ -117,7 +173,22 @@ impl Upstream {
             .get("status")
             .and_then(|v| v.parse().ok())
             .unwrap_or(200);
-        let mut builder = Response::builder().status(StatusCode::from_u16(status).unwrap());
+        let forced = self.fail.load(Ordering::SeqCst);
+        let status = if forced >= 100 { forced } else { status };
+        let mut builder = Response::builder()
+            .status(StatusCode::from_u16(status).unwrap())
+            .header("x-count", served.to_string());
+        let clock = self.clock.lock().unwrap().clone();
+        if let (Some(clock), false) = (clock, params.contains_key("h_date")) {
+            let now = std::time::UNIX_EPOCH + Duration::from_millis(clock.now_ms());
+            builder = builder.header("date", httpdate::fmt_http_date(now));
+        }
+        if forced >= 100 {
+            self.inflight.fetch_sub(1, Ordering::SeqCst);
+            return builder
+                .body(Full::new(Bytes::from_static(b"{\"forced\":true}")).boxed())
+                .unwrap();
+        }
         if let Some(cc) = params.get("cc") {
             builder = builder.header("cache-control", cc.as_str());
         }
@@ -128,6 +199,26 @@ impl Upstream {
         }
         for (k, v) in req.headers() {
             builder = builder.header(format!("x-echo-{k}"), v.clone());
+        }
+        if params.get("validate").map(String::as_str) == Some("1") {
+            let inm = req
+                .headers()
+                .get("if-none-match")
+                .and_then(|v| v.to_str().ok());
+            let etag_hit = match (inm, params.get("h_etag")) {
+                (Some(inm), Some(etag)) => inm.split(',').any(|t| t.trim() == etag),
+                _ => false,
+            };
+            let ims_hit = inm.is_none()
+                && req.headers().contains_key("if-modified-since")
+                && params.contains_key("h_last-modified");
+            if etag_hit || ims_hit {
+                self.inflight.fetch_sub(1, Ordering::SeqCst);
+                return builder
+                    .status(StatusCode::NOT_MODIFIED)
+                    .body(Full::new(Bytes::new()).boxed())
+                    .unwrap();
+            }
         }
         builder = builder.header("content-type", "application/json");
         let body = if params.get("stream").map(String::as_str) == Some("1") {
