@@ -83,6 +83,8 @@ fn route(name: &str, host: &str, prefix: Option<&str>, pattern: Option<&str>) ->
         timeout: Duration::from_secs(30),
         connect_timeout: Duration::from_secs(5),
         max_connections: 64,
+        prefetch: false,
+        prefetch_forward_headers: vec![],
     }
 }
 

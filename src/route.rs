@@ -208,6 +208,8 @@ mod tests {
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             max_connections: 64,
+            prefetch: false,
+            prefetch_forward_headers: vec![],
         }
     }
 
