@@ -13,11 +13,13 @@
 //!              ├─ policy   storable? how fresh? (RFC 9111 + route TTL) ─► store or pass
 //!              └─ entry    zstd-encode once; L1 insert
 //!   respond  entry ─► response (Age, x-cache), pass-through streamed
-//! admin    /metrics /healthz /readyz /purge … on its own listener
+//!   observe  prefetcher.observe(client, request)    never awaited on the request path
+//! prefetch worker: markov.predict(state) ─► cache.lookup_or_fetch(next, fetch) in the background
+//! admin    /metrics /healthz /readyz /purge /prefetch/transitions … on its own listener
 //! ```
 //!
 //! Dependencies point one way: `main → server → {proxy, admin} → {route, key, cache, upstream,
-//! metrics}`; `config`, `metrics`, `body` and `error` are leaves. `cache` never names
+//! prefetch, metrics}`; `config`, `metrics`, `body` and `error` are leaves. `cache` never names
 //! `upstream`: it is handed the fetch as a closure.
 
 pub mod admin;
@@ -28,6 +30,7 @@ pub mod demo;
 pub mod error;
 pub mod key;
 pub mod metrics;
+pub mod prefetch;
 pub mod proxy;
 pub mod route;
 pub mod server;

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::error::ProxyError;
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
+use crate::prefetch::{self, Prefetcher, Served};
 use crate::route::{Route, Routes};
 use crate::upstream::{self, buffer_body, Buffered, Upstream, UpstreamBody};
 
@@ -34,6 +35,7 @@ pub struct Proxy {
     upstreams: Vec<Upstream>,
     cache: Cache,
     metrics: Arc<Metrics>,
+    prefetcher: Prefetcher,
     compression: Compression,
     max_entry_size: u64,
     max_request_body: u64,
@@ -57,6 +59,7 @@ impl Proxy {
             routes,
             upstreams,
             cache: Cache::new(&settings, clock, metrics.clone()),
+            prefetcher: Prefetcher::new(config, &metrics),
             metrics,
             compression: Compression {
                 level: config.cache.compression_level,
@@ -74,6 +77,10 @@ impl Proxy {
 
     pub fn routes(&self) -> &Routes {
         &self.routes
+    }
+
+    pub fn prefetcher(&self) -> &Prefetcher {
+        &self.prefetcher
     }
 
     /// Answer one client request. Generic over the request body so that benches and tests can
@@ -168,28 +175,42 @@ impl Proxy {
             &cfg.key_headers,
             &parts.headers,
         );
-        let fetch = || self.fetch_for_store(route, parts, peer, host);
+        let fetch = || {
+            let forwarded = upstream::forward_headers(parts.headers.clone(), peer, host);
+            self.fetch_for_store(route, pq, &parts.headers, forwarded)
+        };
         let zstd = accepts_zstd(&parts.headers);
-        match self.cache.lookup_or_fetch(key, fetch).await {
-            Outcome::Hit(e) => (CacheStatus::Hit, self.respond(&e, zstd, key)),
-            Outcome::Miss(e) | Outcome::Coalesced(e) => {
-                (CacheStatus::Miss, self.respond(&e, zstd, key))
-            }
-            Outcome::Pass(resp) => (CacheStatus::Miss, resp),
-            Outcome::Failed(e) => (CacheStatus::Miss, e.to_response()),
+        let (served, out) = match self.cache.lookup_or_fetch(key, fetch).await {
+            Outcome::Hit(e) => (Served::Hit, (CacheStatus::Hit, self.respond(&e, zstd, key))),
+            Outcome::Miss(e) => (
+                Served::Fetched,
+                (CacheStatus::Miss, self.respond(&e, zstd, key)),
+            ),
+            Outcome::Coalesced(e) => (
+                Served::Coalesced,
+                (CacheStatus::Miss, self.respond(&e, zstd, key)),
+            ),
+            Outcome::Pass(resp) => (Served::Fetched, (CacheStatus::Miss, resp)),
+            Outcome::Failed(e) => (Served::Fetched, (CacheStatus::Miss, e.to_response())),
+        };
+        if parts.method == Method::GET {
+            self.prefetcher
+                .observe(&parts.headers, peer, host, pq, key, served);
         }
+        out
     }
 
-    /// The miss: fetch the identity representation with the client's headers, decide with
-    /// `policy`, and either build an entry or hand the response back to stream through.
+    /// The miss: fetch the identity representation, decide with `policy`, and either build an
+    /// entry or hand the response back to stream through. `req_headers` are the request's
+    /// headers as policy sees them; `headers` what goes upstream (the client's, forwarded, or a
+    /// prefetch's synthetic set).
     async fn fetch_for_store(
         &self,
         route: &Route,
-        parts: &Parts,
-        peer: SocketAddr,
-        host: &str,
+        pq: &str,
+        req_headers: &HeaderMap,
+        mut headers: HeaderMap,
     ) -> Fetched {
-        let mut headers = upstream::forward_headers(parts.headers.clone(), peer, host);
         // The store holds one identity representation and compresses it itself; a client's
         // validators and ranges concern the client's copy, not the one being stored.
         for name in [
@@ -203,7 +224,6 @@ impl Proxy {
         ] {
             headers.remove(name);
         }
-        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let up = &self.upstreams[route.idx];
         let request_time = self.cache.now_ms();
         let started = Instant::now();
@@ -226,7 +246,7 @@ impl Proxy {
             .ttl
             .map_or(self.default_ttl_ms, |t| t.as_millis() as u64);
         let decision = policy::decide(&policy::Input {
-            req_headers: &parts.headers,
+            req_headers,
             status: rparts.status,
             resp_headers: &rparts.headers,
             route_ttl_ms: ttl_ms,
@@ -236,7 +256,7 @@ impl Proxy {
         });
         let (lifetime, initial_age) = match decision {
             Decision::DontStore(reason) => {
-                tracing::debug!(uri = %parts.uri, reason, "not storable");
+                tracing::debug!(pq, reason, "not storable");
                 let remember = reason != "status";
                 return Fetched::Pass {
                     response: streamed(rparts, body),
@@ -379,6 +399,37 @@ impl Proxy {
                 e.to_response()
             }
         }
+    }
+}
+
+impl prefetch::Source for Proxy {
+    fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// A miss without a client: GET `pq` with only the headers the route lets a prefetch
+    /// forward, marked `x-augur-prefetch: 1`.
+    async fn prefetch_fetch(
+        &self,
+        route: usize,
+        host: &str,
+        pq: &str,
+        headers: HeaderMap,
+    ) -> Fetched {
+        let Some(route) = self.routes.iter().nth(route) else {
+            return Fetched::Failed(ProxyError::UpstreamProtocol("no such route".into()));
+        };
+        let mut forwarded = headers.clone();
+        upstream::strip_hop_by_hop(&mut forwarded);
+        if let Ok(v) = HeaderValue::from_str(host) {
+            forwarded.insert("x-forwarded-host", v);
+        }
+        prefetch::mark_prefetch(&mut forwarded);
+        self.fetch_for_store(route, pq, &headers, forwarded).await
     }
 }
 

@@ -85,6 +85,7 @@ pub async fn run(
         ready,
     } = instance;
     let admin = Arc::new(Admin::new(proxy.clone(), metrics.clone(), ready.clone()));
+    let prefetch_worker = proxy.prefetcher().spawn_worker(proxy.clone());
     let upkeep = {
         let metrics = metrics.clone();
         tokio::spawn(async move {
@@ -167,6 +168,13 @@ pub async fn run(
         Err(_) => tracing::warn!("grace period over; closing the remaining connections"),
     }
     upkeep.abort();
+    if let Some(w) = prefetch_worker {
+        w.abort();
+    }
+    match proxy.prefetcher().save() {
+        Ok(()) => {}
+        Err(e) => tracing::warn!(error = %e, "prefetch model not saved"),
+    }
     Ok(())
 }
 

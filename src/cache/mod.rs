@@ -155,6 +155,14 @@ impl Cache {
         entry.is_fresh(self.clock.now_ms()).then_some(entry)
     }
 
+    /// Is a fresh entry stored for `key`? A peek: it does not count as a use of the entry
+    /// (the prefetcher asks this, and must not make unused entries look popular).
+    pub fn contains_fresh(&self, key: &CacheKey) -> bool {
+        self.memory
+            .peek(key)
+            .is_some_and(|e| e.is_fresh(self.clock.now_ms()))
+    }
+
     /// Serve `key` from L1, or run `fetch` once for all concurrent callers and store what it
     /// allows. `fetch` may run again for a caller whose leader passed or timed out.
     pub async fn lookup_or_fetch<F, Fut>(&self, key: CacheKey, fetch: F) -> Outcome
