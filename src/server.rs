@@ -168,8 +168,14 @@ pub async fn run(
         Err(_) => tracing::warn!("grace period over; closing the remaining connections"),
     }
     upkeep.abort();
-    if let Some(w) = prefetch_worker {
-        w.abort();
+    if let Some(worker) = prefetch_worker {
+        proxy.prefetcher().stop();
+        if tokio::time::timeout(Duration::from_secs(2), worker)
+            .await
+            .is_err()
+        {
+            tracing::warn!("prefetch worker did not stop in time; saving what it learned so far");
+        }
     }
     match proxy.prefetcher().save() {
         Ok(()) => {}

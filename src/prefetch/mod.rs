@@ -33,7 +33,7 @@ use std::time::Duration;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use metrics::{Counter, Gauge};
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 
 use crate::cache::{Cache, Fetched, Outcome};
 use crate::config::Config;
@@ -231,6 +231,7 @@ pub struct Prefetcher {
     precision_floor: f32,
     max_concurrency: usize,
     semaphore: Arc<Semaphore>,
+    stop: Arc<Notify>,
     use_window_ms: u64,
     state_file: Option<std::path::PathBuf>,
 }
@@ -292,6 +293,7 @@ impl Prefetcher {
             precision_floor: p.precision_floor,
             max_concurrency: p.max_concurrency,
             semaphore: Arc::new(Semaphore::new(p.max_concurrency)),
+            stop: Arc::new(Notify::new()),
             use_window_ms: ms(p.use_window),
             state_file: p.state_file.clone(),
         }
@@ -377,7 +379,13 @@ impl Prefetcher {
             use_window_ms: self.use_window_ms,
             next_sweep_ms: 0,
         };
-        Some(tokio::spawn(worker.run(rx)))
+        Some(tokio::spawn(worker.run(rx, self.stop.clone())))
+    }
+
+    /// Ask the worker to stop: it learns from what is still queued (prefetching nothing) and
+    /// ends, so that [`Prefetcher::save`] afterwards sees every observed request.
+    pub fn stop(&self) {
+        self.stop.notify_one();
     }
 
     /// Save the model to `state_file` (atomically: write a temporary file, then rename).
@@ -446,9 +454,20 @@ struct Worker<S> {
 }
 
 impl<S: Source> Worker<S> {
-    async fn run(mut self, mut rx: mpsc::Receiver<Observation>) {
-        while let Some(obs) = rx.recv().await {
-            self.handle(obs);
+    async fn run(mut self, mut rx: mpsc::Receiver<Observation>, stop: Arc<Notify>) {
+        loop {
+            tokio::select! {
+                obs = rx.recv() => match obs {
+                    Some(obs) => self.handle(obs),
+                    None => return,
+                },
+                () = stop.notified() => break,
+            }
+        }
+        let now = self.source.cache().now_ms();
+        let mut model = self.shared.model.lock();
+        while let Ok(obs) = rx.try_recv() {
+            model.observe(obs.client, &obs.host, &obs.pq, now);
         }
     }
 
