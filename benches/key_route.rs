@@ -86,6 +86,8 @@ fn route(name: &str, host: &str, prefix: Option<&str>, pattern: Option<&str>) ->
         cache_mode: augur::config::CacheMode::Respect,
         cache_set_cookie: false,
         grace: Duration::ZERO,
+        prefetch: false,
+        prefetch_forward_headers: vec![],
     }
 }
 

@@ -8,6 +8,7 @@
 //! | POST | `/purge?url=<absolute URL>` | drop the stored GET response for that URL (send the route's key headers too), in L2 and every instance's L1 |
 //! | POST | `/purge/all` | drop every stored response, in L2 and every instance's L1 |
 //! | GET | `/cache` | JSON: entries, bytes, budget |
+//! | GET | `/prefetch/transitions?limit=N` | JSON: model size and the N strongest transitions (default 20) |
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,6 +41,7 @@ impl Admin {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/metrics") => {
                 self.proxy.cache().update_gauges();
+                self.proxy.prefetcher().update_gauges();
                 self.metrics.upkeep();
                 text(
                     StatusCode::OK,
@@ -79,6 +81,17 @@ impl Admin {
                     "bytes": c.bytes(),
                 })
                 .to_string();
+                text(StatusCode::OK, "application/json", body)
+            }
+            (&Method::GET, "/prefetch/transitions") => {
+                let limit = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit=")))
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(20)
+                    .min(10_000);
+                let body = self.proxy.prefetcher().transitions_json(limit);
                 text(StatusCode::OK, "application/json", body)
             }
             (&Method::POST, "/purge/all") => {

@@ -38,6 +38,7 @@ pub struct Config {
     pub cache: CacheConfig,
     /// `None` = no `[redis]` section: no second tier, Augur runs on L1 alone.
     pub redis: Option<RedisConfig>,
+    pub prefetch: PrefetchConfig,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -145,6 +146,58 @@ impl RedisConfig {
     }
 }
 
+/// `[prefetch]`: Markov prefetching. Only routes with `prefetch = true` are prefetched.
+#[derive(Debug, Clone)]
+pub struct PrefetchConfig {
+    /// Client identity header; `None` = hash of `Authorization`, else the peer IP.
+    pub client_header: Option<HeaderName>,
+    /// A client's sequence ends after this long without a request.
+    pub idle_gap: Duration,
+    /// Successors predicted per request (top-k).
+    pub top_k: usize,
+    /// Minimum transition probability to prefetch, in (0, 1].
+    pub threshold: f32,
+    /// Transitions whose measured precision is below this stop being prefetched, in [0, 1].
+    pub precision_floor: f32,
+    /// Evidence (prefetches with a known fate) needed before the floor applies.
+    pub min_samples: u32,
+    /// Prefetches allowed per client request (a token bucket), in [0, 1].
+    pub budget: f32,
+    /// Concurrent prefetch requests to the upstreams.
+    pub max_concurrency: usize,
+    /// A prefetched entry not used by a real request within this window counts as wasted.
+    pub use_window: Duration,
+    /// Half-life of the model's counts.
+    pub half_life: Duration,
+    pub max_states: usize,
+    pub top_successors: usize,
+    /// Observations queued for the background worker; more are dropped (and counted).
+    pub queue: usize,
+    /// Model saved here on shutdown and loaded at start; `None` = not persisted.
+    pub state_file: Option<std::path::PathBuf>,
+}
+
+impl Default for PrefetchConfig {
+    fn default() -> Self {
+        PrefetchConfig {
+            client_header: None,
+            idle_gap: Duration::from_secs(300),
+            top_k: 1,
+            threshold: 0.3,
+            precision_floor: 0.3,
+            min_samples: 3,
+            budget: 0.1,
+            max_concurrency: 8,
+            use_window: Duration::from_secs(60),
+            half_life: Duration::from_secs(3600),
+            max_states: 100_000,
+            top_successors: 4,
+            queue: 4096,
+            state_file: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
     pub name: String,
@@ -173,6 +226,11 @@ pub struct RouteConfig {
     /// Serve a stale response this long past its lifetime when the origin sends neither
     /// `stale-while-revalidate` nor `stale-if-error` (and allows stale use). Zero = off.
     pub grace: Duration,
+    /// The prefetcher may fetch this route's URLs ahead of the client.
+    pub prefetch: bool,
+    /// Client request headers a prefetch may carry (default none: prefetches never carry
+    /// the client's credentials).
+    pub prefetch_forward_headers: Vec<HeaderName>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,6 +314,9 @@ struct RawConfig {
     cache: RawCache,
     /// The shared second tier. Absent = none.
     redis: Option<RawRedis>,
+    /// Markov prefetching (active only for routes with `prefetch = true`).
+    #[serde(default)]
+    prefetch: RawPrefetch,
     /// Routes, matched in file order; the first match wins. At least one is required.
     #[serde(default)]
     route: Vec<RawRoute>,
@@ -355,6 +416,44 @@ struct RawRedis {
     ca_file: Option<String>,
 }
 
+/// `[prefetch]`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPrefetch {
+    /// Request header that identifies a client, e.g. `"X-Client-Id"`. Default: a hash of
+    /// `Authorization` when present, else the peer IP.
+    client_header: Option<Human<HeaderName>>,
+    /// A client's request sequence ends after this long without a request. Default `"5m"`.
+    idle_gap: Option<Human<Duration>>,
+    /// Successors prefetched per request, 1..=8. Default 1.
+    top_k: Option<usize>,
+    /// Minimum transition probability to prefetch, in (0, 1]. Default 0.3.
+    threshold: Option<f32>,
+    /// Transitions whose prefetch precision falls below this stop being prefetched, in
+    /// [0, 1]. Default 0.3.
+    precision_floor: Option<f32>,
+    /// Prefetches with a known fate a transition needs before the floor applies. Default 3.
+    min_samples: Option<u32>,
+    /// Prefetches allowed per client request, in [0, 1]. Default 0.1.
+    budget: Option<f32>,
+    /// Concurrent prefetch requests to the upstreams, at least 1. Default 8.
+    max_concurrency: Option<usize>,
+    /// A prefetched entry unused by a real request within this window counts as wasted.
+    /// Default `"60s"`.
+    use_window: Option<Human<Duration>>,
+    /// Half-life of the model's counts. Default `"1h"`.
+    half_life: Option<Human<Duration>>,
+    /// Cap on model states (least recently used dropped). Default 100000.
+    max_states: Option<usize>,
+    /// Successors kept per state. Default 4.
+    top_successors: Option<usize>,
+    /// Observations queued for the background worker; beyond this they are dropped.
+    /// Default 4096.
+    queue: Option<usize>,
+    /// File the model is saved to on shutdown and loaded from at start. Default: none.
+    state_file: Option<String>,
+}
+
 /// `[[route]]`
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -403,6 +502,11 @@ struct RawRoute {
     /// `stale-if-error`. Never for `must-revalidate`, `proxy-revalidate`, `no-cache`,
     /// `s-maxage`. Default `"0s"` (off).
     grace: Option<Human<Duration>>,
+    /// Let the prefetcher fetch this route's URLs ahead of the client. Default `false`.
+    prefetch: Option<bool>,
+    /// Request headers a prefetch may copy from the client's request, e.g.
+    /// `["Accept-Language"]`. Default none: prefetches never carry credentials.
+    prefetch_forward_headers: Option<Vec<Human<HeaderName>>>,
 }
 
 // ───────────────────────────── loading and validation ─────────────────────────────
@@ -680,6 +784,7 @@ fn build(doc: &Doc, raw: RawConfig) -> Result<Config, ConfigError> {
             })?),
         },
     };
+    let prefetch = build_prefetch(doc, raw.prefetch)?;
     if raw.route.is_empty() {
         return Err(doc.err(
             "route",
@@ -708,6 +813,7 @@ fn build(doc: &Doc, raw: RawConfig) -> Result<Config, ConfigError> {
         upstream,
         cache,
         redis,
+        prefetch,
         routes,
     })
 }
@@ -778,6 +884,65 @@ fn build_redis(doc: &Doc, r: RawRedis) -> Result<RedisConfig, ConfigError> {
         ca_pem,
         target: d.target,
     })
+}
+
+fn build_prefetch(doc: &Doc, p: RawPrefetch) -> Result<PrefetchConfig, ConfigError> {
+    let d = PrefetchConfig::default();
+    let unit = |name: &str, v: Option<f32>, def: f32, zero_ok: bool| match v {
+        None => Ok(def),
+        Some(x) if x.is_finite() && x <= 1.0 && (x > 0.0 || (zero_ok && x == 0.0)) => Ok(x),
+        Some(x) => {
+            let range = if zero_ok { "[0, 1]" } else { "(0, 1]" };
+            Err(doc.err(
+                &format!("prefetch.{name}"),
+                format!("{x} is out of range (must be in {range}, e.g. 0.3)"),
+            ))
+        }
+    };
+    let count = |name: &str, v: Option<usize>, def: usize, max: usize| match v {
+        None => Ok(def),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(doc.err(
+            &format!("prefetch.{name}"),
+            format!("{n} is out of range (must be 1..={max})"),
+        )),
+    };
+    let c = PrefetchConfig {
+        client_header: p.client_header.map(|h| h.0),
+        idle_gap: p.idle_gap.map_or(d.idle_gap, |h| h.0),
+        top_k: count("top_k", p.top_k, d.top_k, 8)?,
+        threshold: unit("threshold", p.threshold, d.threshold, false)?,
+        precision_floor: unit(
+            "precision_floor",
+            p.precision_floor,
+            d.precision_floor,
+            true,
+        )?,
+        min_samples: p.min_samples.unwrap_or(d.min_samples),
+        budget: unit("budget", p.budget, d.budget, true)?,
+        max_concurrency: count(
+            "max_concurrency",
+            p.max_concurrency,
+            d.max_concurrency,
+            4096,
+        )?,
+        use_window: p.use_window.map_or(d.use_window, |h| h.0),
+        half_life: p.half_life.map_or(d.half_life, |h| h.0),
+        max_states: count("max_states", p.max_states, d.max_states, 100_000_000)?,
+        top_successors: count("top_successors", p.top_successors, d.top_successors, 64)?,
+        queue: count("queue", p.queue, d.queue, 1 << 20)?,
+        state_file: p.state_file.map(std::path::PathBuf::from),
+    };
+    for (name, v) in [
+        ("idle_gap", c.idle_gap),
+        ("use_window", c.use_window),
+        ("half_life", c.half_life),
+    ] {
+        if v.is_zero() {
+            return Err(doc.err(&format!("prefetch.{name}"), "must be greater than 0s"));
+        }
+    }
+    Ok(c)
 }
 
 fn build_route(
@@ -881,6 +1046,13 @@ fn build_route(
         cache_mode: r.cache_mode.map_or(CacheMode::Respect, |h| h.0),
         cache_set_cookie: r.cache_set_cookie.unwrap_or(false),
         grace: r.grace.map_or(Duration::ZERO, |h| h.0),
+        prefetch: r.prefetch.unwrap_or(false),
+        prefetch_forward_headers: r
+            .prefetch_forward_headers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| h.0)
+            .collect(),
     };
     if route.cache_mode != CacheMode::Respect && route.effective_ttl(cache).is_zero() {
         return Err(doc.err(

@@ -17,11 +17,13 @@
 //!              └─ entry    zstd-encode once; L1 insert; L2 write-behind (spawned)
 //!   respond  entry ─► response (Age, x-cache, 304 for a matching client validator, 206 for
 //!            one byte range), pass-through streamed; unsafe methods invalidate (§4.4)
-//! admin    /metrics /healthz /readyz /purge … on its own listener
+//!   observe  prefetcher.observe(client, request)    never awaited on the request path
+//! prefetch worker: markov.predict(state) ─► cache.lookup_or_fetch(next, fetch) in the background
+//! admin    /metrics /healthz /readyz /purge /prefetch/transitions … on its own listener
 //! ```
 //!
 //! Dependencies point one way: `main → server → {proxy, admin} → {route, key, cache, upstream,
-//! metrics}`; `config`, `metrics`, `body` and `error` are leaves. `cache` never names
+//! prefetch, metrics}`; `config`, `metrics`, `body` and `error` are leaves. `cache` never names
 //! `upstream`: it is handed the fetch as a closure.
 
 pub mod admin;
@@ -32,6 +34,7 @@ pub mod demo;
 pub mod error;
 pub mod key;
 pub mod metrics;
+pub mod prefetch;
 pub mod proxy;
 pub mod range;
 pub mod route;

@@ -330,16 +330,20 @@ fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
 
 static META: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
 
-fn describe(r: &PrometheusRecorder, name: &'static str, help: &'static str) {
+pub(crate) fn describe(r: &PrometheusRecorder, name: &'static str, help: &'static str) {
     // The exporter keeps one description per name whatever the kind.
     r.describe_counter(name.into(), None, help.into());
 }
 
-fn counter(r: &PrometheusRecorder, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+pub(crate) fn counter(
+    r: &PrometheusRecorder,
+    name: &'static str,
+    labels: &[(&'static str, &str)],
+) -> Counter {
     r.register_counter(&key(name, labels), &META)
 }
 
-fn gauge(r: &PrometheusRecorder, name: &'static str) -> Gauge {
+pub(crate) fn gauge(r: &PrometheusRecorder, name: &'static str) -> Gauge {
     r.register_gauge(&key(name, &[]), &META)
 }
 

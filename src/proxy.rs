@@ -30,6 +30,7 @@ use crate::error::ProxyError;
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
 use crate::range::{self, ByteRange};
+use crate::prefetch::{self, Prefetcher, Served};
 use crate::route::{Route, Routes};
 use crate::upstream::{self, buffer_body, Buffered, Upstream, UpstreamBody};
 
@@ -63,6 +64,7 @@ pub struct Proxy {
     upstreams: Vec<Upstream>,
     cache: Cache,
     metrics: Arc<Metrics>,
+    prefetcher: Prefetcher,
     compression: Compression,
     max_entry_size: u64,
     max_request_body: u64,
@@ -102,6 +104,7 @@ impl Proxy {
             routes,
             upstreams,
             cache: Cache::new(&settings, clock, metrics.clone()),
+            prefetcher: Prefetcher::new(config, &metrics),
             metrics,
             compression: Compression {
                 level: config.cache.compression_level,
@@ -138,6 +141,10 @@ impl Proxy {
 
     pub fn routes(&self) -> &Routes {
         &self.routes
+    }
+
+    pub fn prefetcher(&self) -> &Prefetcher {
+        &self.prefetcher
     }
 
     /// Answer one client request. Generic over the request body so that benches and tests can
@@ -253,16 +260,17 @@ impl Proxy {
                 headers: &parts.headers,
                 peer,
                 host,
+                prefetch: false,
             };
             self.fetch_for_store(route, target, key, Some(&leader_only))
         };
-        match self.cache.lookup_or_fetch_for(key, &want, fetch).await {
-            Outcome::Hit(e) => (CacheStatus::Hit, self.respond(&e, parts, key)),
+        let (served, out) = match self.cache.lookup_or_fetch_for(key, &want, fetch).await {
+            Outcome::Hit(e) => (Served::Hit, (CacheStatus::Hit, self.respond(&e, parts, key))),
             Outcome::HitL2(e) => {
                 let mut resp = self.respond(&e, parts, key);
                 resp.headers_mut()
                     .insert(X_CACHE_TIER.clone(), HeaderValue::from_static("L2"));
-                (CacheStatus::Hit, resp)
+                (Served::Hit, (CacheStatus::Hit, resp))
             }
             Outcome::Miss(e) => {
                 let mut resp = self.respond(&e, parts, key);
@@ -271,19 +279,30 @@ impl Proxy {
                         resp.headers_mut().append(name.clone(), value.clone());
                     }
                 }
-                (CacheStatus::Miss, resp)
+                (Served::Fetched, (CacheStatus::Miss, resp))
             }
-            Outcome::Coalesced(e) => (CacheStatus::Miss, self.respond(&e, parts, key)),
-            Outcome::Revalidated(e) => (CacheStatus::Revalidated, self.respond(&e, parts, key)),
+            Outcome::Coalesced(e) => (
+                Served::Coalesced,
+                (CacheStatus::Miss, self.respond(&e, parts, key)),
+            ),
+            Outcome::Revalidated(e) => (
+                Served::Fetched,
+                (CacheStatus::Revalidated, self.respond(&e, parts, key)),
+            ),
             Outcome::Stale { entry, refresh } => {
                 if refresh {
                     self.queue_refresh(route, parts, peer, host, key);
                 }
-                (CacheStatus::Stale, self.respond(&entry, parts, key))
+                (Served::Hit, (CacheStatus::Stale, self.respond(&entry, parts, key)))
             }
-            Outcome::Pass(resp) => (CacheStatus::Miss, resp),
-            Outcome::Failed(e) => (CacheStatus::Miss, e.to_response()),
+            Outcome::Pass(resp) => (Served::Fetched, (CacheStatus::Miss, resp)),
+            Outcome::Failed(e) => (Served::Fetched, (CacheStatus::Miss, e.to_response())),
+        };
+        if parts.method == Method::GET {
+            self.prefetcher
+                .observe(&parts.headers, peer, host, pq, key, served);
         }
+        out
     }
 
     /// `only-if-cached` (RFC 9111 §5.2.1.7): a stored response that satisfies the request, or
@@ -344,6 +363,7 @@ impl Proxy {
                     headers: &job.headers,
                     peer: job.peer,
                     host: &job.host,
+                    prefetch: false,
                 };
                 self.fetch_for_store(route, target, job.key, None)
             };
@@ -362,8 +382,19 @@ impl Proxy {
         key: CacheKey,
         leader_only: Option<&LeaderOnly>,
     ) -> Fetched {
-        let mut headers =
-            upstream::forward_headers(target.headers.clone(), target.peer, target.host);
+        let mut headers = if target.prefetch {
+            // A prefetch sends exactly the headers the route lets it copy: nothing of the
+            // client's identity, marked as a prefetch for the upstream's logs.
+            let mut h = target.headers.clone();
+            upstream::strip_hop_by_hop(&mut h);
+            if let Ok(v) = HeaderValue::from_str(target.host) {
+                h.insert("x-forwarded-host", v);
+            }
+            prefetch::mark_prefetch(&mut h);
+            h
+        } else {
+            upstream::forward_headers(target.headers.clone(), target.peer, target.host)
+        };
         // The store holds one identity representation and compresses it itself; a client's
         // validators and ranges concern the client's copy, not the one being stored.
         for name in [
@@ -813,6 +844,43 @@ impl Proxy {
     }
 }
 
+impl prefetch::Source for Proxy {
+    fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// A miss without a client: GET `pq` with only the headers the route lets a prefetch
+    /// forward, marked `x-augur-prefetch: 1`.
+    async fn prefetch_fetch(
+        &self,
+        route: usize,
+        host: &str,
+        pq: &str,
+        headers: HeaderMap,
+    ) -> Fetched {
+        let Some(route) = self.routes.iter().nth(route) else {
+            return Fetched::Failed(ProxyError::UpstreamProtocol("no such route".into()));
+        };
+        let Ok(uri) = pq.parse::<Uri>() else {
+            return Fetched::Failed(ProxyError::BadRequest("invalid prefetch target"));
+        };
+        let cfg = &route.cfg;
+        let key = CacheKey::derive(&Method::GET, host, pq, &cfg.query, &cfg.key_headers, &headers);
+        let target = Target {
+            uri: &uri,
+            headers: &headers,
+            peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+            host,
+            prefetch: true,
+        };
+        self.fetch_for_store(route, target, key, None).await
+    }
+}
+
 fn streamed(parts: http::response::Parts, body: UpstreamBody) -> Response<Body> {
     Response::from_parts(parts, Body::stream(body))
 }
@@ -823,6 +891,8 @@ struct Target<'a> {
     headers: &'a HeaderMap,
     peer: SocketAddr,
     host: &'a str,
+    /// A background prefetch: `headers` are already the filtered set to send as they are.
+    prefetch: bool,
 }
 
 /// A stored entry from a response and the policy's decision: fields the policy strips

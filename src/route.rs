@@ -211,6 +211,8 @@ mod tests {
             cache_mode: crate::config::CacheMode::Respect,
             cache_set_cookie: false,
             grace: Duration::ZERO,
+            prefetch: false,
+            prefetch_forward_headers: vec![],
         }
     }
 

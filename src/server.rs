@@ -87,6 +87,7 @@ pub async fn run(
     let admin = Arc::new(Admin::new(proxy.clone(), metrics.clone(), ready.clone()));
     // stale-while-revalidate refreshes run here, off the request path.
     let refresher = proxy.spawn_refresher();
+    let prefetch_worker = proxy.prefetcher().spawn_worker(proxy.clone());
     let upkeep = {
         let metrics = metrics.clone();
         tokio::spawn(async move {
@@ -171,6 +172,19 @@ pub async fn run(
     upkeep.abort();
     if let Some(r) = refresher {
         r.abort();
+    }
+    if let Some(worker) = prefetch_worker {
+        proxy.prefetcher().stop();
+        if tokio::time::timeout(Duration::from_secs(2), worker)
+            .await
+            .is_err()
+        {
+            tracing::warn!("prefetch worker did not stop in time; saving what it learned so far");
+        }
+    }
+    match proxy.prefetcher().save() {
+        Ok(()) => {}
+        Err(e) => tracing::warn!(error = %e, "prefetch model not saved"),
     }
     Ok(())
 }

@@ -145,6 +145,18 @@ const BAD: &[(&str, &str, &str, &str)] = &[
     ),
     ("no_routes.toml", "1:1", "route", "no routes configured"),
     (
+        "prefetch_threshold.toml",
+        "2:13",
+        "prefetch.threshold",
+        "1.5 is out of range (must be in (0, 1]",
+    ),
+    (
+        "prefetch_forward_header.toml",
+        "5:29",
+        "route[0].prefetch_forward_headers[0]",
+        r#"invalid header name "Accept Language""#,
+    ),
+    (
         "compression_level.toml",
         "2:21",
         "cache.compression_level",

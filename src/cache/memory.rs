@@ -82,6 +82,11 @@ impl Memory {
         self.cache.get(key)
     }
 
+    /// Like `get`, but not an access: eviction order is unchanged.
+    pub fn peek(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        self.cache.peek(key)
+    }
+
     pub fn insert(&self, key: CacheKey, entry: Arc<Entry>) {
         self.cache.insert(key, entry);
     }

@@ -234,6 +234,14 @@ impl Cache {
         self.memory.get(key)
     }
 
+    /// Is a fresh entry stored for `key`? A peek: it does not count as a use of the entry
+    /// (the prefetcher asks this, and must not make unused entries look popular).
+    pub fn contains_fresh(&self, key: &CacheKey) -> bool {
+        self.memory
+            .peek(key)
+            .is_some_and(|e| e.is_fresh(self.clock.now_ms()))
+    }
+
     /// Serve a fresh `key` from L1, or run `fetch` once for all concurrent callers and store
     /// what it allows (see [`Cache::lookup_or_fetch_for`]).
     pub async fn lookup_or_fetch<F, Fut>(&self, key: CacheKey, fetch: F) -> Outcome

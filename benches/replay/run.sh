@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Replays the shared traces through Augur (release build) with prefetch off and on, at the same
+# memory budget and origin latency, paced, and prints one table. From the repo root:
+#
+#   benches/replay/run.sh                      # NASA and EDGAR at 5% of unique bytes as stored
+#   PCTS="1 5 10" TRACES=nasa benches/replay/run.sh
+#
+# Knobs (environment): SHARED (default ../shared), TRACES ("nasa edgar"), PCTS ("5"),
+# NASA_LIMIT/NASA_SPEEDUP (10000 / 150), EDGAR_LIMIT/EDGAR_SPEEDUP (10000 / 40),
+# LATENCY_MS (20), OUT (target/replay/<time>).
+#
+# "As stored": a first unpaced run with a huge cache measures the bytes Augur holds once every
+# object of the replayed part of the trace is stored (zstd-compressed); the budget is PCT% of
+# that. Every server is started here and stopped by its PID.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+shared=${SHARED:-$root/../shared}
+replay=$shared/replay
+TRACES=${TRACES:-"nasa edgar"}
+PCTS=${PCTS:-5}
+LATENCY_MS=${LATENCY_MS:-20}
+OUT=${OUT:-$root/target/replay/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$OUT"
+bin=$root/target/release/augur
+
+cargo build --release --locked --manifest-path "$root/Cargo.toml" >&2
+
+pids=()
+cleanup() { for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 1 200); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "not up: $1" >&2; return 1; }
+
+# run TRACE_FILE LIMIT SPEEDUP MEMORY_BYTES PREFETCH(on|off) LABEL
+run() {
+  local trace=$1 limit=$2 speedup=$3 memory=$4 pf=$5 label=$6
+  local oport pport aport
+  oport=$(free_port); pport=$(free_port); aport=$(free_port)
+  python3 "$replay/origin.py" --port "$oport" --trace "$trace" --latency-ms "$LATENCY_MS" \
+    --max-age 3600 >"$OUT/$label.origin.log" 2>&1 &
+  local opid=$!; pids+=("$opid")
+  wait_http "http://127.0.0.1:$oport/__origin_stats"
+  local max_entry=$(( memory < 8388608 ? memory : 8388608 ))
+  cat >"$OUT/$label.toml" <<TOML
+[server]
+listen = "127.0.0.1:$pport"
+admin_listen = "127.0.0.1:$aport"
+log_level = "warn"
+
+[cache]
+memory = $memory
+max_entry_size = $max_entry
+
+[prefetch]
+client_header = "X-Client-Id"
+top_k = 1
+threshold = 0.3
+precision_floor = 0.3
+min_samples = 3
+budget = 0.25
+max_concurrency = 16
+idle_gap = "15s"
+use_window = "10s"
+
+[[route]]
+name = "origin"
+upstream = "http://127.0.0.1:$oport"
+prefetch = $([ "$pf" = on ] && echo true || echo false)
+TOML
+  "$bin" --config "$OUT/$label.toml" >"$OUT/$label.augur.log" 2>&1 &
+  local apid=$!; pids+=("$apid")
+  wait_http "http://127.0.0.1:$aport/healthz"
+  python3 "$replay/replay.py" --trace "$trace" --base "http://127.0.0.1:$pport" \
+    --limit "$limit" --speedup "$speedup" --origin "http://127.0.0.1:$oport" \
+    --json "$OUT/$label.json" --max-seconds 400 >"$OUT/$label.replay.txt" 2>&1 || true
+  curl -fsS "http://127.0.0.1:$aport/metrics" >"$OUT/$label.metrics.txt"
+  curl -fsS "http://127.0.0.1:$aport/prefetch/transitions?limit=20" >"$OUT/$label.transitions.json" || true
+  kill "$apid" "$opid" 2>/dev/null || true
+  wait "$apid" "$opid" 2>/dev/null || true
+  tail -1 "$OUT/$label.replay.txt" >&2
+}
+
+for t in $TRACES; do
+  case $t in
+    nasa) trace=$shared/traces/nasa-19950801.csv.gz; limit=${NASA_LIMIT:-10000}; speedup=${NASA_SPEEDUP:-150} ;;
+    edgar) trace=$shared/traces/edgar-20170101-sample.csv.gz; limit=${EDGAR_LIMIT:-10000}; speedup=${EDGAR_SPEEDUP:-40} ;;
+    *) echo "unknown trace $t" >&2; exit 1 ;;
+  esac
+  echo "== $t: calibrating stored bytes (unpaced, 8GiB cache)" >&2
+  run "$trace" "$limit" 0 $((8 << 30)) off "$t-calibrate"
+  stored=$(awk '$1=="augur_cache_bytes" {print $2}' "$OUT/$t-calibrate.metrics.txt")
+  python3 "$replay/analyze.py" --trace "$trace" --limit "$limit" >"$OUT/$t-analyze.txt" 2>&1
+  for pct in $PCTS; do
+    memory=$(python3 -c "print(max(1<<20, int(float('$stored') * $pct / 100)))")
+    echo "== $t at $pct% (memory $memory bytes of $stored stored)" >&2
+    run "$trace" "$limit" "$speedup" "$memory" off "$t-$pct-off"
+    run "$trace" "$limit" "$speedup" "$memory" on "$t-$pct-on"
+  done
+done
+python3 "$root/benches/replay/table.py" "$OUT" $TRACES -- $PCTS | tee "$OUT/table.txt"

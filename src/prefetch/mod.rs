@@ -1,0 +1,652 @@
+//! Prefetch: after the response is built, `Proxy::handle` hands an [`Observation`] to
+//! [`Prefetcher::observe`], which only `try_send`s it on a bounded channel (full ─► dropped and
+//! counted): nothing here is awaited on the request path. A background worker learns from it
+//! ([`markov`]), predicts the next requests, and fetches those that are not fresh in cache
+//! through [`Cache::lookup_or_fetch`] with the proxy's own fetch ([`Source`]), so a client that
+//! asks while a prefetch is in flight waits for it instead of fetching twice.
+//!
+//! How the upstream is protected:
+//! * only GET, only routes with `prefetch = true`, and a synthetic header set: a prefetch
+//!   carries no client header except the route's `prefetch_forward_headers` (never credentials
+//!   by default); the stored entry goes through the same `policy` as any miss;
+//! * a token bucket: at most `budget` prefetches per client request (plus a small burst);
+//! * a semaphore: at most `max_concurrency` prefetches in flight (none queue behind it);
+//! * per-transition precision: every prefetch is pending until a real request uses it (HIT,
+//!   or waited for it while in flight) or it is wasted (unused within `use_window`, expired, or
+//!   evicted); the outcome is credited to the transition that predicted it, and transitions
+//!   below `precision_floor` stop being predicted (see [`markov`]).
+//!
+//! Eviction: prefetched entries are inserted like any miss and never read by the prefetcher
+//! (it checks with `Cache::contains_fresh`, a peek that does not count as an access), so in
+//! quick_cache's CLOCK-Pro they sit in the probationary (cold) queue with no reference bit and
+//! are the first candidates for eviction until a real request touches them.
+
+pub mod markov;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
+use metrics::{Counter, Gauge};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, Notify, Semaphore};
+
+use crate::cache::{Cache, Fetched, Outcome};
+use crate::config::Config;
+use crate::key::CacheKey;
+use crate::metrics::{self as m, Metrics};
+use crate::route::Routes;
+use markov::{Markov, ModelSettings};
+
+/// What the proxy offers the prefetcher: the cache, the routes, and the miss fetch without a
+/// client request.
+pub trait Source: Send + Sync + 'static {
+    fn cache(&self) -> &Cache;
+    fn routes(&self) -> &Routes;
+    /// GET `pq` on route `route` with exactly `headers` (already filtered), as a miss would.
+    fn prefetch_fetch(
+        &self,
+        route: usize,
+        host: &str,
+        pq: &str,
+        headers: HeaderMap,
+    ) -> impl Future<Output = Fetched> + Send;
+}
+
+/// How the cache served the observed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    Hit,
+    /// Waited for a fetch already in flight (perhaps a prefetch).
+    Coalesced,
+    /// Fetched by this request (or passed through).
+    Fetched,
+}
+
+/// One finished client GET.
+#[derive(Debug)]
+pub struct Observation {
+    client: u64,
+    host: String,
+    pq: String,
+    key: CacheKey,
+    served: Served,
+    /// Only the headers some route allows a prefetch to forward.
+    headers: HeaderMap,
+}
+
+struct Pending {
+    /// The transitions that predicted it.
+    credits: Vec<(String, String)>,
+    /// Stored by the prefetch (false while in flight).
+    stored: bool,
+    /// Counts as wasted if unused by then.
+    deadline_ms: u64,
+}
+
+/// Prefetch metrics, registered in the proxy's registry.
+struct PrefetchMetrics {
+    issued: Counter,
+    used: Counter,
+    hits: Counter,
+    wasted: Counter,
+    failed: Counter,
+    dropped_budget: Counter,
+    dropped_concurrency: Counter,
+    dropped_queue: Counter,
+    precision: Gauge,
+    budget_scale: Gauge,
+    in_flight: Gauge,
+    states: Gauge,
+    transitions: Gauge,
+    model_bytes: Gauge,
+    dropped_states: Gauge,
+}
+
+impl PrefetchMetrics {
+    fn new(metrics: &Metrics) -> PrefetchMetrics {
+        let r = metrics.recorder();
+        let c = |name: &'static str, help: &'static str| {
+            m::describe(r, name, help);
+            m::counter(r, name, &[])
+        };
+        let g = |name: &'static str, help: &'static str| {
+            m::describe(r, name, help);
+            m::gauge(r, name)
+        };
+        PrefetchMetrics {
+            issued: c(
+                "augur_prefetch_issued_total",
+                "Prefetches fetched from the upstream and stored.",
+            ),
+            used: c(
+                "augur_prefetch_used_total",
+                "Prefetched entries used by a real request (HIT, or waited for while in flight).",
+            ),
+            hits: c(
+                "augur_prefetch_hits_total",
+                "Client HITs (x-cache: HIT) served from a prefetched entry.",
+            ),
+            wasted: c(
+                "augur_prefetch_wasted_total",
+                "Prefetched entries not used within use_window, or evicted or expired first.",
+            ),
+            failed: c(
+                "augur_prefetch_failed_total",
+                "Prefetches whose response failed or was not storable.",
+            ),
+            dropped_budget: c(
+                "augur_prefetch_dropped_budget_total",
+                "Predicted prefetches skipped because the budget was spent.",
+            ),
+            dropped_concurrency: c(
+                "augur_prefetch_dropped_concurrency_total",
+                "Predicted prefetches skipped because max_concurrency were in flight.",
+            ),
+            dropped_queue: c(
+                "augur_prefetch_dropped_observations_total",
+                "Observations dropped because the prefetch worker's queue was full.",
+            ),
+            precision: g(
+                "augur_prefetch_precision",
+                "used / (used + wasted) since start.",
+            ),
+            budget_scale: g(
+                "augur_prefetch_budget_scale",
+                "Fraction of the configured budget in use: below 1 while recent precision is under the floor.",
+            ),
+            in_flight: g(
+                "augur_prefetch_in_flight",
+                "Prefetches waiting on the upstream or being stored.",
+            ),
+            states: g("augur_prefetch_model_states", "States in the Markov model."),
+            transitions: g(
+                "augur_prefetch_model_transitions",
+                "Transitions kept in the Markov model.",
+            ),
+            model_bytes: g(
+                "augur_prefetch_model_bytes",
+                "Approximate memory held by the Markov model.",
+            ),
+            dropped_states: g(
+                "augur_prefetch_model_dropped_states",
+                "States dropped (least recently used) to stay under max_states.",
+            ),
+        }
+    }
+}
+
+struct Shared {
+    model: Mutex<Markov>,
+    pending: Mutex<HashMap<CacheKey, Pending>>,
+    metrics: PrefetchMetrics,
+    used: AtomicU64,
+    wasted: AtomicU64,
+}
+
+impl Shared {
+    fn resolve(&self, p: &Pending, used: bool, now_ms: u64) {
+        let mut model = self.model.lock();
+        for (from, to) in &p.credits {
+            model.record_outcome(from, to, used, now_ms);
+        }
+        drop(model);
+        let (u, w) = if used {
+            self.metrics.used.increment(1);
+            (
+                self.used.fetch_add(1, Ordering::Relaxed) + 1,
+                self.wasted.load(Ordering::Relaxed),
+            )
+        } else {
+            self.metrics.wasted.increment(1);
+            (
+                self.used.load(Ordering::Relaxed),
+                self.wasted.fetch_add(1, Ordering::Relaxed) + 1,
+            )
+        };
+        self.metrics.precision.set(u as f64 / (u + w).max(1) as f64);
+    }
+}
+
+/// Pending prefetches kept at most (beyond, new prefetches are not issued).
+const MAX_PENDING: usize = 65_536;
+
+/// The prefetcher: the request-path handle and the worker's state.
+pub struct Prefetcher {
+    tx: mpsc::Sender<Observation>,
+    rx: Mutex<Option<mpsc::Receiver<Observation>>>,
+    shared: Arc<Shared>,
+    client_header: Option<HeaderName>,
+    /// Union of every route's `prefetch_forward_headers`.
+    forwardable: Vec<HeaderName>,
+    /// Some route has `prefetch = true`.
+    enabled: bool,
+    top_k: usize,
+    threshold: f32,
+    budget: f32,
+    precision_floor: f32,
+    max_concurrency: usize,
+    semaphore: Arc<Semaphore>,
+    stop: Arc<Notify>,
+    use_window_ms: u64,
+    state_file: Option<std::path::PathBuf>,
+}
+
+impl Prefetcher {
+    /// Built from the config; loads the saved model when `state_file` exists.
+    pub fn new(config: &Config, metrics: &Metrics) -> Prefetcher {
+        let p = &config.prefetch;
+        let mut model = Markov::new(ModelSettings {
+            max_states: p.max_states,
+            top_successors: p.top_successors,
+            max_clients: p.max_states,
+            idle_gap_ms: ms(p.idle_gap),
+            half_life_ms: ms(p.half_life),
+            precision_floor: p.precision_floor,
+            min_samples: p.min_samples as f32,
+        });
+        if let Some(path) = &p.state_file {
+            match std::fs::read_to_string(path) {
+                Ok(json) => match model.load_json(&json) {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), states = model.stats().states, "prefetch model loaded")
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "prefetch model not loaded; starting empty")
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "prefetch model not readable; starting empty")
+                }
+            }
+        }
+        let (tx, rx) = mpsc::channel(p.queue);
+        let mut forwardable: Vec<HeaderName> = Vec::new();
+        for r in &config.routes {
+            for h in &r.prefetch_forward_headers {
+                if !forwardable.contains(h) {
+                    forwardable.push(h.clone());
+                }
+            }
+        }
+        Prefetcher {
+            tx,
+            rx: Mutex::new(Some(rx)),
+            shared: Arc::new(Shared {
+                model: Mutex::new(model),
+                pending: Mutex::new(HashMap::new()),
+                metrics: PrefetchMetrics::new(metrics),
+                used: AtomicU64::new(0),
+                wasted: AtomicU64::new(0),
+            }),
+            client_header: p.client_header.clone(),
+            forwardable,
+            enabled: config.routes.iter().any(|r| r.prefetch),
+            top_k: p.top_k,
+            threshold: p.threshold,
+            budget: p.budget,
+            precision_floor: p.precision_floor,
+            max_concurrency: p.max_concurrency,
+            semaphore: Arc::new(Semaphore::new(p.max_concurrency)),
+            stop: Arc::new(Notify::new()),
+            use_window_ms: ms(p.use_window),
+            state_file: p.state_file.clone(),
+        }
+    }
+
+    /// Whether any route opted in (otherwise nothing is observed).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Request path: queue a finished GET for the worker. Never waits.
+    pub fn observe(
+        &self,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        host: &str,
+        pq: &str,
+        key: CacheKey,
+        served: Served,
+    ) {
+        if !self.enabled {
+            return;
+        }
+        let mut forward = HeaderMap::new();
+        for name in &self.forwardable {
+            for v in headers.get_all(name) {
+                forward.append(name.clone(), v.clone());
+            }
+        }
+        let obs = Observation {
+            client: self.client_id(headers, peer),
+            host: host.to_owned(),
+            pq: pq.to_owned(),
+            key,
+            served,
+            headers: forward,
+        };
+        if self.tx.try_send(obs).is_err() {
+            self.shared.metrics.dropped_queue.increment(1);
+        }
+    }
+
+    /// The configured header, else a hash of `Authorization`, else the peer IP.
+    fn client_id(&self, headers: &HeaderMap, peer: SocketAddr) -> u64 {
+        let from = |tag: u8, v: &[u8]| {
+            let mut h = blake3::Hasher::new();
+            h.update(&[tag]);
+            h.update(v);
+            let b = h.finalize();
+            let mut out = [0u8; 8];
+            out.copy_from_slice(&b.as_bytes()[..8]);
+            u64::from_le_bytes(out)
+        };
+        if let Some(v) = self.client_header.as_ref().and_then(|n| headers.get(n)) {
+            return from(0, v.as_bytes());
+        }
+        if let Some(v) = headers.get(header::AUTHORIZATION) {
+            return from(1, v.as_bytes());
+        }
+        match peer.ip() {
+            std::net::IpAddr::V4(ip) => from(2, &ip.octets()),
+            std::net::IpAddr::V6(ip) => from(2, &ip.octets()),
+        }
+    }
+
+    /// Start the background worker (once; later calls do nothing).
+    pub fn spawn_worker<S: Source>(&self, source: Arc<S>) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.enabled {
+            return None;
+        }
+        let rx = self.rx.lock().take()?;
+        let worker = Worker {
+            source,
+            shared: self.shared.clone(),
+            semaphore: self.semaphore.clone(),
+            top_k: self.top_k,
+            threshold: self.threshold,
+            budget: self.budget,
+            floor: self.precision_floor,
+            recent: 1.0,
+            burst: (self.budget * 20.0).max(1.0),
+            tokens: (self.budget * 20.0).max(1.0),
+            use_window_ms: self.use_window_ms,
+            next_sweep_ms: 0,
+        };
+        Some(tokio::spawn(worker.run(rx, self.stop.clone())))
+    }
+
+    /// Ask the worker to stop: it learns from what is still queued (prefetching nothing) and
+    /// ends, so that [`Prefetcher::save`] afterwards sees every observed request.
+    pub fn stop(&self) {
+        self.stop.notify_one();
+    }
+
+    /// Save the model to `state_file` (atomically: write a temporary file, then rename).
+    pub fn save(&self) -> std::io::Result<()> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        let json = self
+            .shared
+            .model
+            .lock()
+            .to_json()
+            .map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// JSON for `GET /prefetch/transitions?limit=N`.
+    pub fn transitions_json(&self, limit: usize) -> String {
+        let model = self.shared.model.lock();
+        let stats = model.stats();
+        serde_json::json!({
+            "states": stats.states,
+            "transitions": stats.transitions,
+            "clients": stats.clients,
+            "approx_bytes": stats.approx_bytes,
+            "dropped_states": stats.dropped_states,
+            "strongest": model.strongest(limit),
+        })
+        .to_string()
+    }
+
+    /// Refresh the model-size gauges (called at scrape time).
+    pub fn update_gauges(&self) {
+        let s = self.shared.model.lock().stats();
+        let mm = &self.shared.metrics;
+        mm.states.set(s.states as f64);
+        let free = self.semaphore.available_permits();
+        mm.in_flight
+            .set(self.max_concurrency.saturating_sub(free) as f64);
+        mm.transitions.set(s.transitions as f64);
+        mm.model_bytes.set(s.approx_bytes as f64);
+        mm.dropped_states.set(s.dropped_states as f64);
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+struct Worker<S> {
+    source: Arc<S>,
+    shared: Arc<Shared>,
+    semaphore: Arc<Semaphore>,
+    top_k: usize,
+    threshold: f32,
+    budget: f32,
+    floor: f32,
+    /// Recent precision (moving average over prefetch outcomes), starting optimistic.
+    recent: f32,
+    burst: f32,
+    tokens: f32,
+    use_window_ms: u64,
+    next_sweep_ms: u64,
+}
+
+impl<S: Source> Worker<S> {
+    async fn run(mut self, mut rx: mpsc::Receiver<Observation>, stop: Arc<Notify>) {
+        loop {
+            tokio::select! {
+                obs = rx.recv() => match obs {
+                    Some(obs) => self.handle(obs),
+                    None => return,
+                },
+                () = stop.notified() => break,
+            }
+        }
+        let now = self.source.cache().now_ms();
+        let mut model = self.shared.model.lock();
+        while let Ok(obs) = rx.try_recv() {
+            model.observe(obs.client, &obs.host, &obs.pq, now);
+        }
+    }
+
+    fn handle(&mut self, obs: Observation) {
+        let now = self.source.cache().now_ms();
+        self.tokens = (self.tokens + self.budget * self.budget_scale()).min(self.burst);
+
+        // Did this request use a prefetch?
+        let pending = self.shared.pending.lock().remove(&obs.key);
+        if let Some(p) = pending {
+            match obs.served {
+                Served::Hit | Served::Coalesced => {
+                    if obs.served == Served::Hit {
+                        self.shared.metrics.hits.increment(1);
+                    }
+                    self.shared.resolve(&p, true, now);
+                    self.note(true);
+                }
+                // Fetched again: the prefetched entry was evicted or expired first. (Still in
+                // flight means the client raced it to the flight: no verdict.)
+                Served::Fetched if p.stored => {
+                    self.shared.resolve(&p, false, now);
+                    self.note(false);
+                }
+                Served::Fetched => {}
+            }
+        }
+        if now >= self.next_sweep_ms {
+            self.sweep(now);
+            self.next_sweep_ms = now + 1000;
+        }
+
+        let predictions = {
+            let mut model = self.shared.model.lock();
+            model.observe(obs.client, &obs.host, &obs.pq, now);
+            model.predict(&obs.host, &obs.pq, now, self.top_k, self.threshold)
+        };
+        for pred in predictions {
+            self.consider(&obs, pred, now);
+        }
+    }
+
+    fn consider(&mut self, obs: &Observation, pred: markov::Prediction, now: u64) {
+        let path = pred.pq.split('?').next().unwrap_or("/");
+        let Some(route) = self.source.routes().find(&obs.host, path, &Method::GET) else {
+            return;
+        };
+        if !route.cfg.prefetch {
+            return;
+        }
+        let mut headers = HeaderMap::new();
+        for name in &route.cfg.prefetch_forward_headers {
+            for v in obs.headers.get_all(name) {
+                headers.append(name.clone(), v.clone());
+            }
+        }
+        let key = CacheKey::derive(
+            &Method::GET,
+            &obs.host,
+            &pred.pq,
+            &route.cfg.query,
+            &route.cfg.key_headers,
+            &headers,
+        );
+        if self.source.cache().contains_fresh(&key) {
+            return;
+        }
+        {
+            let pending = self.shared.pending.lock();
+            if pending.contains_key(&key) || pending.len() >= MAX_PENDING {
+                return;
+            }
+        }
+        if self.tokens < 1.0 {
+            self.shared.metrics.dropped_budget.increment(1);
+            return;
+        }
+        let Ok(permit) = self.semaphore.clone().try_acquire_owned() else {
+            self.shared.metrics.dropped_concurrency.increment(1);
+            return;
+        };
+        self.tokens -= 1.0;
+        self.shared.pending.lock().insert(
+            key,
+            Pending {
+                credits: pred.credits,
+                stored: false,
+                deadline_ms: now + self.use_window_ms,
+            },
+        );
+        let source = self.source.clone();
+        let shared = self.shared.clone();
+        let route_idx = route.idx;
+        let host = obs.host.clone();
+        let pq = pred.pq;
+        let window = self.use_window_ms;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let fetch = || source.prefetch_fetch(route_idx, &host, &pq, headers.clone());
+            let outcome = source.cache().lookup_or_fetch(key, fetch).await;
+            let mut pending = shared.pending.lock();
+            match outcome {
+                // Fetched by this prefetch (a 304 that freshened a stale entry counts too).
+                Outcome::Miss(entry) | Outcome::Revalidated(entry) => {
+                    shared.metrics.issued.increment(1);
+                    if let Some(p) = pending.get_mut(&key) {
+                        let expires = (entry.response_time + entry.lifetime)
+                            .saturating_sub(entry.initial_age);
+                        p.stored = true;
+                        p.deadline_ms = (source.cache().now_ms() + window).min(expires);
+                    }
+                }
+                // Someone else's fetch: not ours to credit.
+                Outcome::Hit(_)
+                | Outcome::HitL2(_)
+                | Outcome::Stale { .. }
+                | Outcome::Coalesced(_) => {
+                    pending.remove(&key);
+                }
+                Outcome::Pass(_) | Outcome::Failed(_) => {
+                    shared.metrics.failed.increment(1);
+                    pending.remove(&key);
+                }
+            }
+        });
+    }
+
+    /// Budget control beyond single transitions: while the recent precision of all prefetches
+    /// is under the floor, the budget shrinks in proportion (down to a tenth), so a workload
+    /// the model cannot predict (many one-off transitions, each wasted once) costs the upstream
+    /// little; it recovers as soon as prefetches are used again.
+    fn budget_scale(&self) -> f32 {
+        if self.floor <= 0.0 {
+            return 1.0;
+        }
+        (self.recent / self.floor).clamp(0.1, 1.0)
+    }
+
+    fn note(&mut self, used: bool) {
+        const ALPHA: f32 = 0.05;
+        self.recent += ALPHA * (f32::from(u8::from(used)) - self.recent);
+        self.shared
+            .metrics
+            .budget_scale
+            .set(f64::from(self.budget_scale()));
+    }
+
+    /// Resolve stored prefetches that are past their window, or gone from the cache.
+    fn sweep(&mut self, now: u64) {
+        let cache = self.source.cache();
+        let mut wasted = Vec::new();
+        self.shared.pending.lock().retain(|key, p| {
+            let gone = p.stored && (p.deadline_ms <= now || !cache.contains_fresh(key));
+            // In flight far too long (a stuck upstream): forget it.
+            let stale = !p.stored && p.deadline_ms.saturating_add(60_000) <= now;
+            if gone {
+                wasted.push(std::mem::take(&mut p.credits));
+            }
+            !(gone || stale)
+        });
+        for credits in wasted {
+            self.note(false);
+            self.shared.resolve(
+                &Pending {
+                    credits,
+                    stored: true,
+                    deadline_ms: now,
+                },
+                false,
+                now,
+            );
+        }
+    }
+}
+
+/// Headers a prefetch sends besides the forwarded ones: marks it as a prefetch for the upstream.
+pub fn mark_prefetch(headers: &mut HeaderMap) {
+    headers.insert(
+        HeaderName::from_static("x-augur-prefetch"),
+        HeaderValue::from_static("1"),
+    );
+}

@@ -1,0 +1,307 @@
+//! Markov prefetching end to end: a real upstream that counts what it served, the real proxy
+//! with its background prefetch worker, a real client. Waits are bounded polls, never sleeps
+//! that decide the outcome; the cache clock is manual.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{config, get, get_with, send, Proxy, Upstream};
+use http::Request;
+use http_body_util::Full;
+
+/// Fresh for a minute.
+const CC: &str = "cc=public%2C%20max-age%3D60";
+
+fn url(path: &str) -> String {
+    format!("{path}?{CC}")
+}
+
+/// Empty the cache (what the client trained on is gone; the model stays).
+async fn purge(proxy: &Proxy) {
+    let req = Request::post(format!("http://{}/purge/all", proxy.admin))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(req).await.status, 200);
+}
+
+/// Poll `f` every 10 ms for up to 5 s.
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// The value of an unlabelled metric on the admin listener.
+async fn metric(proxy: &Proxy, name: &str) -> f64 {
+    let got = get(&format!("http://{}/metrics", proxy.admin)).await;
+    let text = String::from_utf8_lossy(&got.body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Wait until no prefetch is in flight (each one reached the cache or failed).
+async fn settled(proxy: &Proxy) {
+    for _ in 0..500 {
+        if metric(proxy, "augur_prefetch_in_flight").await == 0.0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("prefetches still in flight");
+}
+
+async fn until_metric(proxy: &Proxy, name: &str, at_least: f64) {
+    for _ in 0..500 {
+        if metric(proxy, name).await >= at_least {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {name} >= {at_least}");
+}
+
+const PREFETCH: &str = "prefetch = true";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trained_a_then_b_prefetches_b_and_the_client_hits() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(config(up.addr, PREFETCH)).await;
+    let (a, b) = (url("/a"), url("/b"));
+    get(&proxy.url(&a)).await;
+    get(&proxy.url(&b)).await; // learns a ─► b
+    purge(&proxy).await;
+
+    assert_eq!(get(&proxy.url(&a)).await.x_cache(), "MISS");
+    until("the upstream sees b before the client asks", || {
+        up.count(&b) == 2
+    })
+    .await;
+    settled(&proxy).await;
+    let got = get(&proxy.url(&b)).await;
+    assert_eq!(got.x_cache(), "HIT");
+    assert_eq!(up.count(&b), 2);
+    until_metric(&proxy, "augur_prefetch_hits_total", 1.0).await;
+    until_metric(&proxy, "augur_prefetch_used_total", 1.0).await;
+    assert_eq!(metric(&proxy, "augur_prefetch_issued_total").await, 1.0);
+    assert_eq!(metric(&proxy, "augur_prefetch_precision").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_asking_while_the_prefetch_is_in_flight_waits_for_it() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(config(up.addr, PREFETCH)).await;
+    let (a, b) = (url("/a"), format!("/slow?delay_ms=400&{CC}"));
+    get(&proxy.url(&a)).await;
+    get(&proxy.url(&b)).await;
+    purge(&proxy).await;
+
+    get(&proxy.url(&a)).await;
+    until("the prefetch reaches the upstream", || up.count(&b) == 2).await;
+    let got = get(&proxy.url(&b)).await; // the prefetch is still waiting on the upstream
+    assert_eq!(got.status, 200);
+    assert_eq!(
+        up.count(&b),
+        2,
+        "coalesced with the prefetch: one upstream request"
+    );
+    until_metric(&proxy, "augur_prefetch_used_total", 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_carries_ids_over() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(config(up.addr, PREFETCH)).await;
+    for id in [1, 2] {
+        get(&proxy.url(&url(&format!("/users/{id}")))).await;
+        get(&proxy.url(&url(&format!("/users/{id}/orders")))).await;
+    }
+    let orders7 = url("/users/7/orders");
+    get(&proxy.url(&url("/users/7"))).await;
+    until("/users/7/orders prefetched", || up.count(&orders7) == 1).await;
+    settled(&proxy).await;
+    assert_eq!(get(&proxy.url(&orders7)).await.x_cache(), "HIT");
+    assert_eq!(up.count(&orders7), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_without_prefetch_is_never_prefetched() {
+    let up = Upstream::start().await;
+    // `api` (prefetch) serves /pf/…; `plain` (no prefetch) everything else.
+    let extra = format!(
+        "path_prefix = \"/pf/\"\nprefetch = true\n\n[[route]]\nname = \"plain\"\nupstream = \"http://{}\"",
+        up.addr
+    );
+    let proxy = Proxy::start(config(up.addr, &extra)).await;
+    let (a, b) = (url("/a"), url("/b"));
+    let (c, d) = (url("/pf/c"), url("/pf/d"));
+    for p in [&a, &b, &c, &d] {
+        get(&proxy.url(p)).await;
+    }
+    purge(&proxy).await;
+    get(&proxy.url(&a)).await; // predicts b: not prefetchable
+    get(&proxy.url(&c)).await; // predicts d: prefetched; the worker handles both in order
+    until("control prefetch of /pf/d", || up.count(&d) == 2).await;
+    assert_eq!(
+        up.count(&b),
+        1,
+        "a route without prefetch = true is never prefetched"
+    );
+
+    // The model still learned a ─► b, and the admin endpoint shows it.
+    let t = get(&format!(
+        "http://{}/prefetch/transitions?limit=50",
+        proxy.admin
+    ))
+    .await;
+    let json = t.json();
+    let strongest = json["strongest"].as_array().unwrap();
+    assert!(
+        strongest
+            .iter()
+            .any(|t| t["to"].as_str().unwrap().ends_with(&b)),
+        "{json}"
+    );
+    assert!(json["states"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_never_forwarded_unless_listed() {
+    let up = Upstream::start().await;
+    let extra = "prefetch = true\nprefetch_forward_headers = [\"Accept-Language\"]";
+    let proxy = Proxy::start(config(up.addr, extra)).await;
+    let h = [
+        ("authorization", "Bearer secret"),
+        ("cookie", "session=s3cret"),
+        ("accept-language", "fr"),
+    ];
+    let (a, b) = (url("/a"), url("/b"));
+    get_with(&proxy.url(&a), &h).await;
+    get_with(&proxy.url(&b), &h).await;
+    purge(&proxy).await;
+    get_with(&proxy.url(&a), &h).await;
+    until("prefetch of b", || up.count(&b) == 2).await;
+    let seen = up.last_headers.lock().unwrap().clone().unwrap();
+    assert!(seen.get("authorization").is_none(), "{seen:?}");
+    assert!(seen.get("cookie").is_none(), "{seen:?}");
+    assert_eq!(seen.get("accept-language").unwrap(), "fr");
+    assert_eq!(seen.get("x-augur-prefetch").unwrap(), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn precision_floor_switches_a_noisy_transition_off() {
+    let up = Upstream::start().await;
+    let extra = "prefetch = true\n\n[prefetch]\nclient_header = \"x-client-id\"\nprecision_floor = 0.5\nmin_samples = 2\nuse_window = \"1s\"\nbudget = 1.0\nidle_gap = \"5s\"";
+    let proxy = Proxy::start(config(up.addr, extra)).await;
+    let n = [("x-client-id", "noisy")];
+    let ctl = [("x-client-id", "control")];
+    let (a, b) = (url("/a"), url("/b"));
+    let (c, d) = (url("/c"), url("/d"));
+    get_with(&proxy.url(&a), &n).await;
+    get_with(&proxy.url(&b), &n).await;
+    get_with(&proxy.url(&c), &ctl).await;
+    get_with(&proxy.url(&d), &ctl).await;
+
+    // Each round: the cache is emptied; the noisy client asks for a but never for b. The control
+    // client's c ─► d prefetch (which it uses) marks the point where the worker has handled the
+    // round; then every prefetch of the round is waited for until stored.
+    let mut prefetched_b = Vec::new();
+    for round in 1..=4 {
+        purge(&proxy).await;
+        proxy.clock.advance(Duration::from_secs(2)); // past use_window: the last b is wasted
+        get_with(&proxy.url(&a), &n).await;
+        get_with(&proxy.url(&c), &ctl).await;
+        until("control prefetch", || up.count(&d) == 1 + round).await;
+        settled(&proxy).await;
+        assert_eq!(get_with(&proxy.url(&d), &ctl).await.x_cache(), "HIT");
+        prefetched_b.push(up.count(&b) - 1);
+    }
+    // Rounds 1 and 2 prefetch b; both are wasted; from round 3 the transition is off.
+    assert_eq!(prefetched_b, vec![1, 2, 2, 2]);
+    until_metric(&proxy, "augur_prefetch_wasted_total", 2.0).await;
+    let t = get(&format!(
+        "http://{}/prefetch/transitions?limit=50",
+        proxy.admin
+    ))
+    .await;
+    let json = t.json();
+    assert!(
+        json["strongest"].as_array().unwrap().iter().any(|t| t["to"]
+            .as_str()
+            .unwrap()
+            .ends_with(&b)
+            && t["suppressed"] == true),
+        "{json}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_caps_prefetches_under_a_burst() {
+    let up = Upstream::start().await;
+    let extra = "prefetch = true\n\n[prefetch]\nbudget = 0.1\nmax_concurrency = 64";
+    let proxy = Proxy::start(config(up.addr, extra)).await;
+    const N: usize = 30;
+    for i in 0..N {
+        get(&proxy.url(&url(&format!("/a{i}")))).await;
+        get(&proxy.url(&url(&format!("/b{i}")))).await;
+    }
+    purge(&proxy).await;
+    let before = metric(&proxy, "augur_prefetch_dropped_budget_total").await;
+    for i in 0..N {
+        get(&proxy.url(&url(&format!("/a{i}")))).await;
+    }
+    // Every a_i predicts b_i: each is either prefetched or dropped by the budget.
+    let mut issued = 0.0;
+    let mut dropped = 0.0;
+    for _ in 0..500 {
+        issued = metric(&proxy, "augur_prefetch_issued_total").await;
+        dropped = metric(&proxy, "augur_prefetch_dropped_budget_total").await - before;
+        if issued + dropped >= N as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Burst of 2 tokens, plus 0.1 per request: at most 2 + 3 over the burst (and the
+    // training requests refilled the bucket only up to the burst).
+    assert!(issued <= 5.0, "issued {issued}, dropped {dropped}");
+    assert!(
+        dropped >= (N - 5) as f64,
+        "issued {issued}, dropped {dropped}"
+    );
+    let b_fetches: usize = (0..N).map(|i| up.count(&url(&format!("/b{i}")))).sum();
+    assert_eq!(b_fetches, N + issued as usize);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_survives_a_restart() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("model.json");
+    let extra = format!(
+        "prefetch = true\n\n[prefetch]\nstate_file = \"{}\"",
+        file.display()
+    );
+    let (a, b) = (url("/a"), url("/b"));
+    // The model keys on the request's host: send the same one to both instances.
+    let host = [("host", "api.example")];
+    let mut first = Proxy::start(config(up.addr, &extra)).await;
+    get_with(&first.url(&a), &host).await;
+    get_with(&first.url(&b), &host).await;
+    first.shutdown();
+    let done = tokio::time::timeout(Duration::from_secs(5), first.task.take().unwrap()).await;
+    assert!(matches!(done, Ok(Ok(Ok(())))));
+    assert!(file.exists(), "model saved on shutdown");
+
+    let second = Proxy::start(config(up.addr, &extra)).await; // empty cache, loaded model
+    get_with(&second.url(&a), &host).await;
+    until("b prefetched by the restarted proxy", || up.count(&b) == 2).await;
+    settled(&second).await;
+    assert_eq!(get_with(&second.url(&b), &host).await.x_cache(), "HIT");
+}
