@@ -29,8 +29,8 @@ use crate::config::Config;
 use crate::error::ProxyError;
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
-use crate::range::{self, ByteRange};
 use crate::prefetch::{self, Prefetcher, Served};
+use crate::range::{self, ByteRange};
 use crate::route::{Route, Routes};
 use crate::upstream::{self, buffer_body, Buffered, Upstream, UpstreamBody};
 
@@ -265,7 +265,10 @@ impl Proxy {
             self.fetch_for_store(route, target, key, Some(&leader_only))
         };
         let (served, out) = match self.cache.lookup_or_fetch_for(key, &want, fetch).await {
-            Outcome::Hit(e) => (Served::Hit, (CacheStatus::Hit, self.respond(&e, parts, key))),
+            Outcome::Hit(e) => (
+                Served::Hit,
+                (CacheStatus::Hit, self.respond(&e, parts, key)),
+            ),
             Outcome::HitL2(e) => {
                 let mut resp = self.respond(&e, parts, key);
                 resp.headers_mut()
@@ -293,7 +296,10 @@ impl Proxy {
                 if refresh {
                     self.queue_refresh(route, parts, peer, host, key);
                 }
-                (Served::Hit, (CacheStatus::Stale, self.respond(&entry, parts, key)))
+                (
+                    Served::Hit,
+                    (CacheStatus::Stale, self.respond(&entry, parts, key)),
+                )
             }
             Outcome::Pass(resp) => (Served::Fetched, (CacheStatus::Miss, resp)),
             Outcome::Failed(e) => (Served::Fetched, (CacheStatus::Miss, e.to_response())),
@@ -869,7 +875,14 @@ impl prefetch::Source for Proxy {
             return Fetched::Failed(ProxyError::BadRequest("invalid prefetch target"));
         };
         let cfg = &route.cfg;
-        let key = CacheKey::derive(&Method::GET, host, pq, &cfg.query, &cfg.key_headers, &headers);
+        let key = CacheKey::derive(
+            &Method::GET,
+            host,
+            pq,
+            &cfg.query,
+            &cfg.key_headers,
+            &headers,
+        );
         let target = Target {
             uri: &uri,
             headers: &headers,
