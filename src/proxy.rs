@@ -533,15 +533,20 @@ impl Proxy {
                 *cell.lock() = Some(extra);
             }
         }
+        let identity = bytes.clone();
         let body = self.compress(bytes).await;
-        Fetched::Stored(Arc::new(entry(
+        let e = Arc::new(entry(
             rparts.status,
             rparts.headers,
             body,
             stored,
             request_time,
             response_time,
-        )))
+        ));
+        // The body is at hand uncompressed: answering this miss (and the next hits from
+        // clients without zstd) must not decompress what was just compressed.
+        self.cache.seed_identity(&key, &e, identity);
+        Fetched::Stored(e)
     }
 
     /// Everything `policy::decide` needs for this route.

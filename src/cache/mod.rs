@@ -466,6 +466,17 @@ impl Cache {
         })
     }
 
+    /// Remember the uncompressed body of a compressed `entry` just built from `identity`, so
+    /// that serving it does not decompress it again.
+    pub fn seed_identity(&self, key: &CacheKey, entry: &Entry, identity: bytes::Bytes) {
+        if matches!(entry.body, entry::StoredBody::Zstd { .. }) {
+            let tag = identity_tag(entry);
+            self.decoded
+                .cache
+                .insert(*key, (tag, bytes::Bytes::copy_from_slice(&identity)));
+        }
+    }
+
     /// The body of `entry` (stored under `key`) as a client without zstd sees it.
     pub fn identity_body(
         &self,
@@ -476,7 +487,7 @@ impl Cache {
             entry::StoredBody::Raw(b) => Ok(b.clone()),
             entry::StoredBody::Zstd { .. } => {
                 // Tag with the entry's identity so a replaced entry never serves an old body.
-                let tag = (std::ptr::from_ref(entry) as usize as u64) ^ entry.response_time;
+                let tag = identity_tag(entry);
                 if let Some((t, body)) = self.decoded.cache.get(key) {
                     if t == tag {
                         return Ok(body);
@@ -550,6 +561,11 @@ impl Cache {
     pub fn bytes(&self) -> u64 {
         self.memory.weight() + self.decoded.cache.weight()
     }
+}
+
+/// Which stored entry a decoded body belongs to: a replaced entry never serves an old body.
+fn identity_tag(entry: &Entry) -> u64 {
+    (std::ptr::from_ref(entry) as usize as u64) ^ entry.response_time
 }
 
 #[derive(Clone)]
