@@ -113,15 +113,21 @@ fn purge_url(admin: std::net::SocketAddr, target: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_share_one_upstream_fetch() {
-    let redis = RedisServer::start();
-    let up = Upstream::start().await;
+/// Two proxy instances sharing one Redis, both connected to it.
+async fn two_instances(redis: &RedisServer, up: &Upstream) -> (Proxy, Proxy) {
     let cfg = config(up.addr, &redis_section(&redis.url(), ""));
     let a = Proxy::start(cfg.clone()).await;
     let b = Proxy::start(cfg).await;
     l2_ready(&a).await;
     l2_ready(&b).await;
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_upstream_fetch() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let (a, b) = two_instances(&redis, &up).await;
     let pq = format!("/users/1?size=5000&{CACHED}");
 
     let first = fetch(&a, &pq).await;
@@ -191,11 +197,7 @@ async fn promotion_keeps_the_remaining_lifetime() {
 async fn purge_on_one_instance_reaches_the_other() {
     let redis = RedisServer::start();
     let up = Upstream::start().await;
-    let cfg = config(up.addr, &redis_section(&redis.url(), ""));
-    let a = Proxy::start(cfg.clone()).await;
-    let b = Proxy::start(cfg).await;
-    l2_ready(&a).await;
-    l2_ready(&b).await;
+    let (a, b) = two_instances(&redis, &up).await;
     subscribed(&mut redis.conn(), 2).await;
     let pq = format!("/p?{CACHED}");
     fetch(&a, &pq).await;
@@ -238,11 +240,7 @@ async fn purge_on_one_instance_reaches_the_other() {
 async fn corrupt_value_is_a_miss_and_is_overwritten() {
     let redis = RedisServer::start();
     let up = Upstream::start().await;
-    let cfg = config(up.addr, &redis_section(&redis.url(), ""));
-    let a = Proxy::start(cfg.clone()).await;
-    let b = Proxy::start(cfg).await;
-    l2_ready(&a).await;
-    l2_ready(&b).await;
+    let (a, b) = two_instances(&redis, &up).await;
     let pq = format!("/c?size=3000&{CACHED}");
     let first = fetch(&a, &pq).await;
     eventually(Duration::from_secs(5), "write-behind", || async {
@@ -374,11 +372,7 @@ async fn hung_redis_delays_no_request_past_the_deadline() {
 async fn redis_restarted_l2_use_resumes() {
     let mut redis = RedisServer::start();
     let up = Upstream::start().await;
-    let cfg = config(up.addr, &redis_section(&redis.url(), ""));
-    let a = Proxy::start(cfg.clone()).await;
-    let b = Proxy::start(cfg).await;
-    l2_ready(&a).await;
-    l2_ready(&b).await;
+    let (a, b) = two_instances(&redis, &up).await;
     redis.kill();
     for i in 0..10 {
         assert_eq!(fetch(&a, &format!("/down/{i}?{CACHED}")).await.status, 200);
