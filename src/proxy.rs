@@ -677,14 +677,14 @@ impl Proxy {
     /// One byte range of the stored body: 206 with `Content-Range`, or 416 when it lies
     /// outside the body (RFC 9110 §14.4, §15.5.17). Always the identity coding.
     fn ranged(&self, entry: &Entry, r: ByteRange, key: CacheKey) -> Response<Body> {
-        let Ok(full) = entry.body.decoded() else {
+        let Ok(full) = self.cache.identity_body(&key, entry) else {
             return self.build(entry, false, key);
         };
         let len = full.len() as u64;
         let mut headers = entry.headers.clone();
         headers.insert(
             header::AGE,
-            HeaderValue::from(entry.age_ms(self.cache.now_ms()) / 1000),
+            age_value(entry.age_ms(self.cache.now_ms()) / 1000),
         );
         let (status, body, content_range) = match range::resolve(r, len) {
             Some((first, last)) => (
@@ -760,7 +760,7 @@ impl Proxy {
         }
         headers.insert(
             header::AGE,
-            HeaderValue::from(entry.age_ms(self.cache.now_ms()) / 1000),
+            age_value(entry.age_ms(self.cache.now_ms()) / 1000),
         );
         let mut resp = Response::new(Body::empty());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;

@@ -215,10 +215,6 @@ impl Cache {
         }
     }
 
-    pub fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
     }
