@@ -169,7 +169,6 @@ fn policy_decide(c: &mut Criterion) {
                 grace_ms: 0,
                 cache_set_cookie: false,
                 targeted: &[],
-                key_headers: &[],
                 request_time: 1_704_067_200_000,
                 response_time: 1_704_067_200_010,
             })
@@ -204,7 +203,7 @@ fn hit_path(c: &mut Criterion) {
         let mut e = entry(size);
         e.response_time = Clock::System.now_ms();
         let e = Arc::new(e);
-        rt.block_on(proxy.cache().lookup_or_fetch(key, || {
+        rt.block_on(proxy.cache().lookup_or_fetch(key, &HeaderMap::new(), || {
             let e = e.clone();
             async move { augur::cache::Fetched::Stored(e) }
         }));

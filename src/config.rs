@@ -84,6 +84,9 @@ pub struct CacheConfig {
     /// Augur's own targeted cache-control field (RFC 9213), read before `CDN-Cache-Control`
     /// and `Cache-Control`; `None` = only `CDN-Cache-Control`.
     pub targeted_field: Option<HeaderName>,
+    /// Variants kept per URL when responses `Vary` (RFC 9111 §4.1); the least recently stored
+    /// goes first.
+    pub max_variants: usize,
 }
 
 /// How a route's TTL combines with the origin's own freshness (see README, "Caching rules").
@@ -283,6 +286,7 @@ impl Default for CacheConfig {
             coalesce_timeout: Duration::from_secs(10),
             max_heuristic_ttl: Duration::from_secs(24 * 3600),
             targeted_field: Some(HeaderName::from_static("augur-cache-control")),
+            max_variants: 8,
         }
     }
 }
@@ -388,6 +392,10 @@ struct RawCache {
     /// A cache-control field aimed at Augur alone (RFC 9213 targeted field), taking precedence
     /// over `CDN-Cache-Control` and `Cache-Control`. Default `"Augur-Cache-Control"`; `""` = none.
     targeted_field: Option<String>,
+    /// Variants stored per URL when responses carry `Vary` (one per combination of the
+    /// request headers it names), 1..=1024. Default 8; the least recently stored is dropped
+    /// first, so no client can fill the cache with variants of one URL.
+    max_variants: Option<usize>,
 }
 
 /// `[redis]`: Redis (or Redis Cluster) as the second tier shared by a fleet.
@@ -583,6 +591,13 @@ fn check_limits(c: &Config) -> Result<(), Violation> {
             );
         }
     }
+    if !(1..=1024).contains(&c.cache.max_variants) {
+        let msg = format!(
+            "{} is out of range (1..=1024 variants per URL; 8 is a good default)",
+            c.cache.max_variants
+        );
+        return v("cache.max_variants", None, msg);
+    }
     if !(1..=19).contains(&c.cache.compression_level) {
         let msg = format!(
             "{} is out of range (zstd levels are 1..=19; 3 is a good default)",
@@ -773,6 +788,7 @@ fn build(doc: &Doc, raw: RawConfig) -> Result<Config, ConfigError> {
         default_ttl: c.default_ttl.map_or(cd.default_ttl, |h| h.0),
         coalesce_timeout: c.coalesce_timeout.map_or(cd.coalesce_timeout, |h| h.0),
         max_heuristic_ttl: c.max_heuristic_ttl.map_or(cd.max_heuristic_ttl, |h| h.0),
+        max_variants: c.max_variants.unwrap_or(cd.max_variants),
         targeted_field: match c.targeted_field {
             None => cd.targeted_field,
             Some(t) if t.trim().is_empty() => None,

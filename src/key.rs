@@ -39,6 +39,9 @@ use crate::config::QueryKey;
 /// this, so old keys can never collide with keys of a different scheme.
 const DOMAIN: &[u8] = b"augur-key-v1\0";
 
+/// Domain-separation tag of secondary (`Vary`) keys: never equal to a primary key's framing.
+const VARIANT_DOMAIN: &[u8] = b"augur-variant-v1\0";
+
 /// Lower-case hex digits, used by [`CacheKey::to_hex`] and `Display`.
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -111,6 +114,32 @@ impl CacheKey {
             }
         }
 
+        CacheKey(h.finish())
+    }
+
+    /// The secondary key of one stored variant (RFC 9111 §4.1): this (primary) key plus the
+    /// request's values of the header fields a response's `Vary` names, normalised the way key
+    /// headers are (field lines combined, whitespace around list elements dropped). An absent
+    /// field and an empty one are different. `names` must already be lower case, sorted and
+    /// without duplicates, so that the same `Vary` in any spelling selects the same variant.
+    pub fn variant(&self, names: &[HeaderName], headers: &HeaderMap) -> CacheKey {
+        let mut h = HashSink::new();
+        h.write(VARIANT_DOMAIN);
+        h.write(&self.0);
+        h.len_prefix(names.len());
+        for name in names {
+            h.field(name.as_str().as_bytes());
+            let values = headers.get_all(name);
+            if values.iter().next().is_none() {
+                h.write(&[0]);
+            } else {
+                h.write(&[1]);
+                let mut len = 0;
+                header_pieces(&values, |b| len += b.len());
+                h.len_prefix(len);
+                header_pieces(&values, |b| h.write(b));
+            }
+        }
         CacheKey(h.finish())
     }
 
@@ -965,6 +994,33 @@ mod tests {
         assert_eq!(key_h(n, &[("x-other", "1")]), key_h(n, &[]));
         // Configuring a key header changes the key even when absent.
         assert_ne!(key_h(n, &[]), key_h(&[], &[]));
+    }
+
+    #[test]
+    fn variants_are_selected_by_normalised_header_values() {
+        let primary = key("/v");
+        let names = [HeaderName::from_static("accept-language")];
+        let with = |lines: &[&str]| {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                h.append("accept-language", HeaderValue::from_str(l).unwrap());
+            }
+            primary.variant(&names, &h)
+        };
+        assert_ne!(with(&["en"]), primary);
+        assert_ne!(with(&["en"]), with(&["fr"]));
+        assert_ne!(with(&[]), with(&[""]), "absent and empty are different");
+        assert_eq!(with(&["en, fr"]), with(&["en", "fr"]));
+        assert_eq!(with(&["en ,fr"]), with(&["en,fr"]));
+        assert_ne!(with(&["en, fr"]), with(&["fr, en"]));
+        assert_ne!(
+            with(&["en"]),
+            key("/w").variant(&names, &{
+                let mut h = HeaderMap::new();
+                h.insert("accept-language", HeaderValue::from_static("en"));
+                h
+            })
+        );
     }
 
     #[test]

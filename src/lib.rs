@@ -8,6 +8,7 @@
 //!                                                    query params sorted (route include/exclude),
 //!                                                    route key headers ─► blake3, 128 bits
 //!   cache    cache.lookup_or_fetch(key, fetch)       L1 (quick_cache, byte-weighted)
+//!              ├─ vary     responses that Vary: key ─► variant key (request's selecting headers)
 //!              ├─ memory   fresh ─► HIT │ stale-while-revalidate ─► STALE + background refresh
 //!              │           stale or vacant ─► join or lead the flight
 //!              ├─ redis    ([redis]) the leader asks L2 ─► HIT (x-cache-tier: L2), promote to L1

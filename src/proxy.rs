@@ -47,6 +47,8 @@ type LeaderOnly = Mutex<Option<HeaderMap>>;
 /// A `stale-while-revalidate` refresh to run in the background (owned: it outlives the request).
 struct Refresh {
     key: CacheKey,
+    /// The variant being refreshed (`key` itself unless responses vary).
+    at: CacheKey,
     route: usize,
     uri: Uri,
     headers: HeaderMap,
@@ -90,6 +92,7 @@ impl Proxy {
             memory: config.cache.memory,
             max_entry_size: config.cache.max_entry_size,
             coalesce_timeout: config.cache.coalesce_timeout,
+            max_variants: config.cache.max_variants,
             redis: config.redis.clone(),
         };
         let targeted = config
@@ -251,7 +254,7 @@ impl Proxy {
             allow_stale: true,
         };
         if want.directives.only_if_cached {
-            return self.only_if_cached(key, &want, parts);
+            return self.only_if_cached(self.cache.variant_key(&key, &parts.headers), &want, parts);
         }
         let leader_only = LeaderOnly::default();
         let fetch = || {
@@ -264,19 +267,22 @@ impl Proxy {
             };
             self.fetch_for_store(route, target, key, Some(&leader_only))
         };
-        let (served, out) = match self.cache.lookup_or_fetch_for(key, &want, fetch).await {
-            Outcome::Hit(e) => (
-                Served::Hit,
-                (CacheStatus::Hit, self.respond(&e, parts, key)),
-            ),
+        let outcome = self
+            .cache
+            .lookup_or_fetch_for(key, &parts.headers, &want, fetch)
+            .await;
+        // Where the entry is stored: the variant this request selects, when responses vary.
+        let at = self.cache.variant_key(&key, &parts.headers);
+        let (served, out) = match outcome {
+            Outcome::Hit(e) => (Served::Hit, (CacheStatus::Hit, self.respond(&e, parts, at))),
             Outcome::HitL2(e) => {
-                let mut resp = self.respond(&e, parts, key);
+                let mut resp = self.respond(&e, parts, at);
                 resp.headers_mut()
                     .insert(X_CACHE_TIER.clone(), HeaderValue::from_static("L2"));
                 (Served::Hit, (CacheStatus::Hit, resp))
             }
             Outcome::Miss(e) => {
-                let mut resp = self.respond(&e, parts, key);
+                let mut resp = self.respond(&e, parts, at);
                 if let Some(extra) = leader_only.lock().take() {
                     for (name, value) in &extra {
                         resp.headers_mut().append(name.clone(), value.clone());
@@ -286,19 +292,19 @@ impl Proxy {
             }
             Outcome::Coalesced(e) => (
                 Served::Coalesced,
-                (CacheStatus::Miss, self.respond(&e, parts, key)),
+                (CacheStatus::Miss, self.respond(&e, parts, at)),
             ),
             Outcome::Revalidated(e) => (
                 Served::Fetched,
-                (CacheStatus::Revalidated, self.respond(&e, parts, key)),
+                (CacheStatus::Revalidated, self.respond(&e, parts, at)),
             ),
             Outcome::Stale { entry, refresh } => {
                 if refresh {
-                    self.queue_refresh(route, parts, peer, host, key);
+                    self.queue_refresh(route, parts, peer, host, key, at);
                 }
                 (
                     Served::Hit,
-                    (CacheStatus::Stale, self.respond(&entry, parts, key)),
+                    (CacheStatus::Stale, self.respond(&entry, parts, at)),
                 )
             }
             Outcome::Pass(resp) => (Served::Fetched, (CacheStatus::Miss, resp)),
@@ -338,12 +344,14 @@ impl Proxy {
         peer: SocketAddr,
         host: &str,
         key: CacheKey,
+        at: CacheKey,
     ) {
-        if !self.refreshing.lock().insert(key) {
+        if !self.refreshing.lock().insert(at) {
             return;
         }
         let job = Refresh {
             key,
+            at,
             route: route.idx,
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
@@ -351,7 +359,7 @@ impl Proxy {
             host: host.to_owned(),
         };
         if self.refresh_tx.try_send(job).is_err() {
-            self.refreshing.lock().remove(&key);
+            self.refreshing.lock().remove(&at);
         }
     }
 
@@ -373,9 +381,12 @@ impl Proxy {
                 };
                 self.fetch_for_store(route, target, job.key, None)
             };
-            let _ = self.cache.lookup_or_fetch_for(job.key, &want, fetch).await;
+            let _ = self
+                .cache
+                .lookup_or_fetch_for(job.key, &job.headers, &want, fetch)
+                .await;
         }
-        self.refreshing.lock().remove(&job.key);
+        self.refreshing.lock().remove(&job.at);
     }
 
     /// The miss: fetch the identity representation with the client's headers (conditionally
@@ -417,6 +428,8 @@ impl Proxy {
         // What L1 holds for this key may be revalidated, or stand in if the upstream fails;
         // never across the `Authorization` rule.
         let authorization = target.headers.contains_key(header::AUTHORIZATION);
+        // The variant this request selects (the key itself unless responses vary).
+        let key = self.cache.variant_key(&key, target.headers);
         let previous = self
             .cache
             .peek(&key)
@@ -572,7 +585,6 @@ impl Proxy {
             grace_ms: cfg.grace.as_millis() as u64,
             cache_set_cookie: cfg.cache_set_cookie,
             targeted: &self.targeted,
-            key_headers: &cfg.key_headers,
             request_time,
             response_time,
         }

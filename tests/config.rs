@@ -157,6 +157,12 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         r#"invalid header name "Accept Language""#,
     ),
     (
+        "max_variants_zero.toml",
+        "3:16",
+        "cache.max_variants",
+        "0 is out of range",
+    ),
+    (
         "compression_level.toml",
         "2:21",
         "cache.compression_level",
@@ -370,6 +376,7 @@ fn minimal_config_gets_all_defaults() {
     assert_eq!(k.max_entry_size, 8 << 20);
     assert_eq!(k.compression_level, 3);
     assert_eq!(k.compression_threshold, 1024);
+    assert_eq!(k.max_variants, 8);
     assert_eq!(k.default_ttl, Duration::ZERO);
     assert_eq!(k.coalesce_timeout, Duration::from_secs(10));
 

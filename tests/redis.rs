@@ -236,6 +236,47 @@ async fn purge_on_one_instance_reaches_the_other() {
     .await;
 }
 
+/// Variants (`Vary`) stay in each instance's L1: Redis is purged by URL, and an instance could
+/// not name a variant another one stored. A purge on one instance still drops every variant
+/// the others hold, through pub/sub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variants_stay_local_and_a_purge_drops_them_fleet_wide() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let (a, b) = two_instances(&redis, &up).await;
+    subscribed(&mut redis.conn(), 2).await;
+    let pq = format!("/lang?{CACHED}&h_vary=Accept-Language");
+    let ask = |p: &Proxy, l: &'static str| {
+        let url = p.url(&pq);
+        async move { common::get_with(&url, &[("host", HOST), ("accept-language", l)]).await }
+    };
+    assert_eq!(ask(&a, "en").await.x_cache(), "MISS");
+    let fr = ask(&b, "fr").await;
+    assert_eq!(fr.x_cache(), "MISS", "A's variant is not B's");
+    assert_eq!(fr.header("x-echo-accept-language"), "fr");
+    assert_eq!(ask(&b, "en").await.x_cache(), "MISS");
+    for l in ["en", "fr"] {
+        let got = ask(&b, l).await;
+        assert_eq!(
+            (got.x_cache(), got.header("x-echo-accept-language")),
+            ("HIT", l)
+        );
+    }
+    assert!(
+        keys(&redis).is_empty(),
+        "nothing varying is written to Redis"
+    );
+
+    let purged = post(&purge_url(a.admin, &format!("http://{HOST}{pq}"))).await;
+    assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
+    eventually(Duration::from_secs(2), "B drops its variants", || async {
+        entries(&b).await == 0
+    })
+    .await;
+    assert_eq!(ask(&b, "fr").await.x_cache(), "MISS");
+    assert_eq!(up.count(&pq), 4, "a:en, b:fr, b:en, b:fr again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_value_is_a_miss_and_is_overwritten() {
     let redis = RedisServer::start();

@@ -524,6 +524,209 @@ async fn route_grace_for_origins_that_send_no_stale_directives() {
     );
 }
 
+// ───────────────────────────── Vary (§4.1) ─────────────────────────────
+
+/// GET `pq` with `Accept-Language` lines (none = header absent); the upstream echoes what it got.
+async fn lang(proxy: &Proxy, pq: &str, lines: &[&str]) -> Got {
+    let headers: Vec<(&str, &str)> = lines.iter().map(|l| ("accept-language", *l)).collect();
+    get_with(&proxy.url(pq), &headers).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vary_stores_one_variant_per_selecting_header_value() {
+    let (up, proxy) = start("").await;
+    let p = pq("/v", &[("cc", "max-age=60"), ("h_vary", "Accept-Language")]);
+    for l in ["en", "fr"] {
+        let got = lang(&proxy, &p, &[l]).await;
+        assert_eq!(
+            (got.x_cache(), got.header("x-echo-accept-language")),
+            ("MISS", l)
+        );
+    }
+    // Each variant answers only the requests that select it.
+    for l in ["en", "fr", "en", "fr"] {
+        let got = lang(&proxy, &p, &[l]).await;
+        assert_eq!(
+            (got.x_cache(), got.header("x-echo-accept-language")),
+            ("HIT", l)
+        );
+    }
+    // An absent header is a variant of its own, not a match for any value.
+    let none = lang(&proxy, &p, &[]).await;
+    assert_eq!(
+        (none.x_cache(), none.header("x-echo-accept-language")),
+        ("MISS", "")
+    );
+    assert_eq!(lang(&proxy, &p, &[]).await.x_cache(), "HIT");
+    assert_eq!(up.count(&p), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vary_matching_normalises_whitespace_name_case_and_field_lines() {
+    let (up, proxy) = start("").await;
+    // The origin spells the field name in capitals and lists Accept-Encoding too (which Augur
+    // negotiates itself, so it selects nothing).
+    let p = pq(
+        "/n",
+        &[
+            ("cc", "max-age=60"),
+            ("h_vary", "ACCEPT-LANGUAGE, Accept-Encoding"),
+        ],
+    );
+    assert_eq!(lang(&proxy, &p, &["en, fr"]).await.x_cache(), "MISS");
+    // Whitespace around list elements and the split into field lines select nothing.
+    for lines in [
+        &["en,fr"][..],
+        &["en ,  fr"],
+        &["en", "fr"],
+        &[" en", "fr "],
+    ] {
+        let got = lang(&proxy, &p, lines).await;
+        assert_eq!(got.x_cache(), "HIT", "{lines:?}");
+        assert_eq!(got.header("x-echo-accept-language"), "en, fr");
+    }
+    // The coding is not a selecting header: any Accept-Encoding gets the stored variant.
+    let zstd = get_with(
+        &proxy.url(&p),
+        &[("accept-language", "en,fr"), ("accept-encoding", "zstd")],
+    )
+    .await;
+    assert_eq!(zstd.x_cache(), "HIT");
+    // A different order is a different value (list order can carry meaning).
+    assert_eq!(lang(&proxy, &p, &["fr, en"]).await.x_cache(), "MISS");
+    assert_eq!(up.count(&p), 2, "en,fr and fr,en");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vary_star_never_matches() {
+    let (up, proxy) = start("").await;
+    let p = pq(
+        "/star",
+        &[("cc", "max-age=60"), ("h_vary", "Accept-Language, *")],
+    );
+    for _ in 0..3 {
+        assert_eq!(lang(&proxy, &p, &["en"]).await.x_cache(), "MISS");
+    }
+    assert_eq!(up.count(&p), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variants_per_url_are_bounded_by_max_variants() {
+    let up = Upstream::start().await;
+    let mut cfg = config(up.addr, "");
+    cfg.cache.max_variants = 2;
+    let proxy = Proxy::start(cfg).await;
+    up.follow(&proxy.clock);
+    let p = pq("/many", &[("cc", "max-age=60"), ("h_vary", "X-Variant")]);
+    let variant = |v: &'static str| {
+        let url = proxy.url(&p);
+        async move {
+            get_with(&url, &[("x-variant", v)])
+                .await
+                .x_cache()
+                .to_owned()
+        }
+    };
+    for v in ["a", "b", "c"] {
+        assert_eq!(variant(v).await, "MISS");
+    }
+    // Only the two most recently stored are kept: a client cycling through header values
+    // cannot make one URL hold more.
+    assert_eq!(variant("c").await, "HIT");
+    assert_eq!(variant("b").await, "HIT");
+    assert_eq!(variant("a").await, "MISS");
+    assert_eq!(variant("c").await, "HIT");
+    assert_eq!(variant("b").await, "MISS", "dropped when a came back");
+    assert_eq!(up.count(&p), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_for_new_variants_costs_one_upstream_request_per_variant() {
+    let (up, proxy) = start("").await;
+    // Nothing is known about the URL yet: all thirty join one flight, and the leader's
+    // response says it varies. Each waiter then re-selects its own variant.
+    let p = pq(
+        "/burst",
+        &[
+            ("cc", "max-age=60"),
+            ("h_vary", "Accept-Language"),
+            ("delay_ms", "300"),
+        ],
+    );
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let url = proxy.url(&p);
+            let l = ["en", "fr", "de"][i % 3];
+            tokio::spawn(async move {
+                let got = get_with(&url, &[("accept-language", l)]).await;
+                (l, got.header("x-echo-accept-language").to_owned())
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (asked, got) = t.await.unwrap();
+        assert_eq!(asked, got, "a request was answered with another variant");
+    }
+    assert_eq!(up.count(&p), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_and_unsafe_methods_drop_every_variant() {
+    let (up, proxy) = start("").await;
+    let p = pq(
+        "/pv",
+        &[("cc", "max-age=60"), ("h_vary", "Accept-Language")],
+    );
+    let fill = || async {
+        for l in ["en", "fr"] {
+            lang(&proxy, &p, &[l]).await;
+            assert_eq!(lang(&proxy, &p, &[l]).await.x_cache(), "HIT");
+        }
+    };
+    fill().await;
+    let purge = format!(
+        "http://{}/purge?url={}",
+        proxy.admin,
+        percent_encoding::utf8_percent_encode(&proxy.url(&p), percent_encoding::NON_ALPHANUMERIC)
+    );
+    let purged = send(Request::post(purge).body(Full::new(Bytes::new())).unwrap()).await;
+    assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
+    for l in ["en", "fr"] {
+        assert_eq!(lang(&proxy, &p, &[l]).await.x_cache(), "MISS", "{l}");
+    }
+    fill().await;
+    method(&proxy, "PUT", &p).await;
+    for l in ["en", "fr"] {
+        assert_eq!(lang(&proxy, &p, &[l]).await.x_cache(), "MISS", "{l}");
+    }
+    assert_eq!(up.count(&p), 7, "2 + 2 + 2 GETs and the PUT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_that_stops_varying_is_stored_once_again() {
+    // `h_vary` is left out of the key, so both URLs below are one resource whose origin
+    // first varies and then stops.
+    let (up, proxy) = start(r#"query_exclude = ["h_vary"]"#).await;
+    let varying = pq(
+        "/sv",
+        &[("cc", "max-age=60"), ("h_vary", "Accept-Language")],
+    );
+    let plain = pq("/sv", &[("cc", "max-age=60")]);
+    assert_eq!(lang(&proxy, &varying, &["en"]).await.x_cache(), "MISS");
+    assert_eq!(lang(&proxy, &plain, &["en"]).await.x_cache(), "HIT");
+    // A new variant, fetched: this time the origin does not vary.
+    assert_eq!(lang(&proxy, &plain, &["fr"]).await.x_cache(), "MISS");
+    // One representation for everyone now; the old variant is gone.
+    for l in ["fr", "en", "de"] {
+        let got = lang(&proxy, &plain, &[l]).await;
+        assert_eq!(
+            (got.x_cache(), got.header("x-echo-accept-language")),
+            ("HIT", "fr")
+        );
+    }
+    assert_eq!(up.count(&varying) + up.count(&plain), 2);
+}
+
 // ───────────────────────────── invalidation (§4.4) ─────────────────────────────
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

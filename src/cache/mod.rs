@@ -123,7 +123,8 @@ pub enum Outcome {
 #[derive(Clone)]
 enum Flight {
     Pending,
-    Stored(Arc<Entry>),
+    /// Stored, under this key (a variant key when the response varies).
+    Stored(Arc<Entry>, CacheKey),
     FromL2(Arc<Entry>),
     Stale(Arc<Entry>),
     Pass,
@@ -160,6 +161,8 @@ pub struct CacheSettings {
     pub memory: u64,
     pub max_entry_size: u64,
     pub coalesce_timeout: Duration,
+    /// Variants kept per URL for responses that `Vary`.
+    pub max_variants: usize,
     /// `None` = no second tier.
     pub redis: Option<RedisConfig>,
 }
@@ -175,6 +178,8 @@ pub struct Cache {
     /// client that does not accept zstd. Byte-bounded; its share is taken out of the budget.
     decoded: DecodedBodies,
     l2: Option<Arc<L2>>,
+    /// Which URLs vary, on what, and which of their variants are stored.
+    variants: Arc<Variants>,
     inflight: Mutex<HashMap<CacheKey, watch::Sender<Flight>>>,
     pass_marks: Mutex<HashMap<CacheKey, u64>>,
     coalesce_timeout: Duration,
@@ -191,15 +196,23 @@ impl Cache {
             settings.max_entry_size,
             metrics.cache_evictions.clone(),
         ));
+        let variants = Arc::new(Variants::new(settings.memory, settings.max_variants));
         let l2 = settings.redis.as_ref().map(|cfg| {
             let l2 = Arc::new(L2::new(cfg, metrics.l2()));
-            // Other instances' purges (and our own, echoed) drop keys from this L1.
-            let l1 = memory.clone();
+            // Other instances' purges (and our own, echoed) drop keys from this L1, with
+            // every variant this instance stored for them.
+            let (l1, variants) = (memory.clone(), variants.clone());
             l2.start(Arc::new(move |what| match what {
                 Invalidation::Key(key) => {
+                    for k in variants.forget(&key) {
+                        l1.remove(&k);
+                    }
                     l1.remove(&key);
                 }
-                Invalidation::All => l1.clear(),
+                Invalidation::All => {
+                    variants.clear();
+                    l1.clear();
+                }
             }));
             l2
         });
@@ -207,6 +220,7 @@ impl Cache {
             memory,
             decoded: DecodedBodies::new(decoded_budget),
             l2,
+            variants,
             inflight: Mutex::new(HashMap::new()),
             pass_marks: Mutex::new(HashMap::new()),
             coalesce_timeout: settings.coalesce_timeout,
@@ -217,6 +231,13 @@ impl Cache {
 
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
+    }
+
+    /// The key a request's representation is stored under: `primary` itself, or, when the
+    /// responses for `primary` vary (RFC 9111 §4.1), the variant selected by the request's
+    /// values of the header fields their `Vary` names. One atomic load when nothing varies.
+    pub fn variant_key(&self, primary: &CacheKey, headers: &http::HeaderMap) -> CacheKey {
+        self.variants.key(primary, headers)
     }
 
     /// A fresh entry, if L1 has one.
@@ -230,71 +251,98 @@ impl Cache {
         self.memory.get(key)
     }
 
-    /// Is a fresh entry stored for `key`? A peek: it does not count as a use of the entry
-    /// (the prefetcher asks this, and must not make unused entries look popular).
+    /// Is a fresh entry stored for `key` (for a request without headers, when it varies)? A
+    /// peek: it does not count as a use of the entry (the prefetcher asks this, and must not
+    /// make unused entries look popular).
     pub fn contains_fresh(&self, key: &CacheKey) -> bool {
+        let key = self.variant_key(key, &http::HeaderMap::new());
         self.memory
-            .peek(key)
+            .peek(&key)
             .is_some_and(|e| e.is_fresh(self.clock.now_ms()))
     }
 
     /// Serve a fresh `key` from L1, or run `fetch` once for all concurrent callers and store
-    /// what it allows (see [`Cache::lookup_or_fetch_for`]).
-    pub async fn lookup_or_fetch<F, Fut>(&self, key: CacheKey, fetch: F) -> Outcome
+    /// what it allows (see [`Cache::lookup_or_fetch_for`]). `headers`: the request headers the
+    /// fetch sends, which select the variant when responses vary.
+    pub async fn lookup_or_fetch<F, Fut>(
+        &self,
+        key: CacheKey,
+        headers: &http::HeaderMap,
+        fetch: F,
+    ) -> Outcome
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Fetched>,
     {
-        self.lookup_or_fetch_for(key, &Want::default(), fetch).await
+        self.lookup_or_fetch_for(key, headers, &Want::default(), fetch)
+            .await
     }
 
-    /// Serve `key` from L1 when the entry may answer a request that wants `want`, or run
-    /// `fetch` once for all concurrent callers and store what it allows. `fetch` may run again
-    /// for a caller whose leader passed or timed out.
-    pub async fn lookup_or_fetch_for<F, Fut>(&self, key: CacheKey, want: &Want, fetch: F) -> Outcome
+    /// Serve the request's variant of `primary` from L1 when the entry may answer a request
+    /// that wants `want`, or run `fetch` once for all concurrent callers of that variant and
+    /// store what it allows. `fetch` may run again for a caller whose leader passed or timed
+    /// out.
+    ///
+    /// Variants: a flight runs under the key the request selects by what is known when it
+    /// starts. When the leader's response turns out to vary on headers the waiters do not
+    /// share (the first response for a URL, or an origin that changed its `Vary`), each
+    /// waiter re-selects its own variant and joins (or leads) that variant's flight, so a
+    /// burst of requests in three languages makes three upstream requests, not one or many.
+    pub async fn lookup_or_fetch_for<F, Fut>(
+        &self,
+        primary: CacheKey,
+        headers: &http::HeaderMap,
+        want: &Want,
+        fetch: F,
+    ) -> Outcome
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Fetched>,
     {
-        if let Some(entry) = self.memory.get(&key) {
-            let now = self.clock.now_ms();
-            match policy::usable(&entry, &want.directives, want.authorization, now) {
-                Use::Fresh => return Outcome::Hit(entry),
-                Use::Stale if want.allow_stale => {
-                    return Outcome::Stale {
-                        entry,
-                        refresh: false,
-                    }
-                }
-                Use::StaleWhileRevalidate if want.allow_stale => {
-                    return Outcome::Stale {
-                        entry,
-                        refresh: true,
-                    }
-                }
-                _ => {}
-            }
-        }
-        if self.pass_marked(&key) {
-            return self.fetch_alone(key, &fetch).await;
-        }
-        // A leader that vanished (cancelled) hands over: retry a bounded number of times.
+        let mut key = self.variant_key(&primary, headers);
+        // A leader that vanished (cancelled) hands over, and a waiter of another variant
+        // re-selects: retry a bounded number of times.
         for _ in 0..3 {
+            if let Some(entry) = self.memory.get(&key) {
+                let now = self.clock.now_ms();
+                match policy::usable(&entry, &want.directives, want.authorization, now) {
+                    Use::Fresh => return Outcome::Hit(entry),
+                    Use::Stale if want.allow_stale => {
+                        return Outcome::Stale {
+                            entry,
+                            refresh: false,
+                        }
+                    }
+                    Use::StaleWhileRevalidate if want.allow_stale => {
+                        return Outcome::Stale {
+                            entry,
+                            refresh: true,
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if self.pass_marked(&key) {
+                return self.fetch_alone(primary, headers, &fetch).await;
+            }
             match self.join(key) {
                 Role::Leader(guard) => {
-                    if let Some(entry) = self.l2_lookup(&key).await {
-                        guard.finish(Flight::FromL2(entry.clone()));
-                        return Outcome::HitL2(entry);
+                    // L2 holds entries under primary keys only (see `store`).
+                    if key == primary {
+                        if let Some(entry) = self.l2_lookup(&key).await {
+                            guard.finish(Flight::FromL2(entry.clone()));
+                            return Outcome::HitL2(entry);
+                        }
                     }
                     return match fetch().await {
                         Fetched::Stored(entry) => {
-                            self.store(key, entry.clone());
-                            guard.finish(Flight::Stored(entry.clone()));
+                            let at = self.store(primary, headers, entry.clone());
+                            guard.finish(Flight::Stored(entry.clone(), at));
                             Outcome::Miss(entry)
                         }
                         Fetched::Revalidated(entry) => {
-                            self.store(key, entry.clone());
-                            guard.finish(Flight::Stored(entry.clone()));
+                            let at = self.store(primary, headers, entry.clone());
+                            guard.finish(Flight::Stored(entry.clone(), at));
                             Outcome::Revalidated(entry)
                         }
                         Fetched::Stale(entry) => {
@@ -331,16 +379,20 @@ impl Cache {
                         Ok(Err(_)) => Flight::Abandoned,
                         Err(_) => {
                             tracing::debug!(key = %key, "coalesce wait timed out; fetching alone");
-                            return self.fetch_alone(key, &fetch).await;
+                            return self.fetch_alone(primary, headers, &fetch).await;
                         }
                     };
                     match flight {
-                        Flight::Stored(entry) | Flight::Stale(entry)
+                        Flight::Stored(_, at) if at != self.variant_key(&primary, headers) => {
+                            // The leader's response selected another variant than ours.
+                            key = self.variant_key(&primary, headers);
+                        }
+                        Flight::Stored(entry, _) | Flight::Stale(entry)
                             if !want.accepts_fetched(&entry) =>
                         {
-                            return self.fetch_alone(key, &fetch).await;
+                            return self.fetch_alone(primary, headers, &fetch).await;
                         }
-                        Flight::Stored(entry) => {
+                        Flight::Stored(entry, _) => {
                             self.metrics.coalesced.increment(1);
                             return Outcome::Coalesced(entry);
                         }
@@ -359,7 +411,7 @@ impl Cache {
                             self.metrics.coalesced.increment(1);
                             return Outcome::Failed(e);
                         }
-                        Flight::Pass => return self.fetch_alone(key, &fetch).await,
+                        Flight::Pass => return self.fetch_alone(primary, headers, &fetch).await,
                         Flight::Abandoned | Flight::Pending => {
                             if let Some(entry) = self.lookup(&key) {
                                 if want.accepts_fetched(&entry) {
@@ -371,22 +423,27 @@ impl Cache {
                 }
             }
         }
-        self.fetch_alone(key, &fetch).await
+        self.fetch_alone(primary, headers, &fetch).await
     }
 
     /// Fetch without joining a flight (after a pass, a timeout, or for a pass-marked key).
-    async fn fetch_alone<F, Fut>(&self, key: CacheKey, fetch: &F) -> Outcome
+    async fn fetch_alone<F, Fut>(
+        &self,
+        primary: CacheKey,
+        headers: &http::HeaderMap,
+        fetch: &F,
+    ) -> Outcome
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Fetched>,
     {
         match fetch().await {
             Fetched::Stored(entry) => {
-                self.store(key, entry.clone());
+                self.store(primary, headers, entry.clone());
                 Outcome::Miss(entry)
             }
             Fetched::Revalidated(entry) => {
-                self.store(key, entry.clone());
+                self.store(primary, headers, entry.clone());
                 Outcome::Revalidated(entry)
             }
             Fetched::Stale(entry) => Outcome::Stale {
@@ -414,13 +471,36 @@ impl Cache {
         entry.ttl_ms(self.clock.now_ms())
     }
 
-    fn store(&self, key: CacheKey, entry: Arc<Entry>) {
-        self.pass_marks.lock().remove(&key);
-        if let Some(l2) = &self.l2 {
-            l2.put(key, entry.clone(), self.l2_ttl_ms(&entry));
+    /// Store a fetched `entry` for a request with `headers`, and say under which key: `primary`
+    /// when the response does not vary, else the variant its `Vary` and the request's headers
+    /// select. Variants live in L1 only: L2 is purged by primary key, and another instance
+    /// could not name a variant it never saw.
+    fn store(&self, primary: CacheKey, headers: &http::HeaderMap, entry: Arc<Entry>) -> CacheKey {
+        // `policy::decide` refuses `Vary: *`, so an entry always has a name list.
+        let names = policy::vary_names(&entry.headers).unwrap_or_default();
+        let key = if names.is_empty() {
+            for old in self.variants.forget(&primary) {
+                self.memory.remove(&old);
+            }
+            if let Some(l2) = &self.l2 {
+                l2.put(primary, entry.clone(), self.l2_ttl_ms(&entry));
+            }
+            primary
+        } else {
+            let key = primary.variant(&names, headers);
+            for old in self.variants.add(primary, names, key) {
+                self.memory.remove(&old);
+            }
+            key
+        };
+        {
+            let mut marks = self.pass_marks.lock();
+            marks.remove(&primary);
+            marks.remove(&key);
         }
         self.memory.insert(key, entry);
         self.metrics.cache_stored.increment(1);
+        key
     }
 
     fn pass_marked(&self, key: &CacheKey) -> bool {
@@ -505,6 +585,7 @@ impl Cache {
     /// Drop everything from L1 (this instance only; see [`Cache::invalidate_all`]).
     pub fn clear(&self) {
         self.decoded.cache.clear();
+        self.variants.clear();
         self.memory.clear();
     }
 
@@ -513,6 +594,11 @@ impl Cache {
     /// and, through Redis pub/sub, from every instance's L1. `true` when some tier held it.
     /// When Redis is unreachable, only this L1 is purged and the error is logged.
     pub async fn invalidate(&self, key: &CacheKey) -> bool {
+        // What this L1 holds is judged before Redis is told: our own pub/sub echo may drop it
+        // first, and the purge still removed it.
+        let variants = self.variants.forget(key);
+        let in_l1 = self.memory.peek(key).is_some()
+            || variants.iter().any(|v| self.memory.peek(v).is_some());
         let in_l2 = match &self.l2 {
             Some(l2) => l2.invalidate(key).await.unwrap_or_else(|e| {
                 tracing::warn!(key = %key, error = %e, "purge did not reach Redis");
@@ -521,7 +607,10 @@ impl Cache {
             None => false,
         };
         self.pass_marks.lock().remove(key);
-        let in_l1 = self.memory.remove(key);
+        self.memory.remove(key);
+        for variant in &variants {
+            self.memory.remove(variant);
+        }
         if in_l1 || in_l2 {
             self.metrics.cache_invalidated.increment(1);
         }
@@ -535,6 +624,7 @@ impl Cache {
                 tracing::warn!(error = %e, "purge of everything did not reach Redis");
             }
         }
+        self.variants.clear();
         self.memory.clear();
     }
 
@@ -583,6 +673,91 @@ impl DecodedBodies {
         DecodedBodies {
             cache: quick_cache::sync::Cache::with_weighter(items, budget.max(1), ByLen),
         }
+    }
+}
+
+/// The `Vary` index (RFC 9111 §4.1): for each URL (primary key) whose responses vary, the
+/// header names they vary on and the keys of the variants stored, least recently stored first,
+/// at most `max` of them. Bounded in count, like L1 in bytes; an index evicted before its
+/// variants only costs a miss (the next response indexes the URL again).
+struct Variants {
+    map: quick_cache::sync::Cache<CacheKey, Arc<VaryIndex>>,
+    max: usize,
+    /// Something was ever indexed; until then `key` costs one atomic load.
+    any: std::sync::atomic::AtomicBool,
+}
+
+struct VaryIndex {
+    names: Vec<http::HeaderName>,
+    keys: Mutex<std::collections::VecDeque<CacheKey>>,
+}
+
+impl Variants {
+    fn new(memory: u64, max: usize) -> Variants {
+        let items = usize::try_from(memory / 16_384)
+            .unwrap_or(1 << 16)
+            .max(1024);
+        Variants {
+            map: quick_cache::sync::Cache::new(items),
+            max: max.max(1),
+            any: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn key(&self, primary: &CacheKey, headers: &http::HeaderMap) -> CacheKey {
+        if !self.any.load(Ordering::Relaxed) {
+            return *primary;
+        }
+        match self.map.get(primary) {
+            Some(ix) => primary.variant(&ix.names, headers),
+            None => *primary,
+        }
+    }
+
+    /// Record `key` as the newest variant of `primary` varying on `names`; returns the keys
+    /// that are no longer variants (over `max`, or indexed under other names, or the
+    /// unvarying entry the URL had before), for L1 to drop.
+    fn add(&self, primary: CacheKey, names: Vec<http::HeaderName>, key: CacheKey) -> Vec<CacheKey> {
+        let mut dropped = Vec::new();
+        let ix = match self.map.get(&primary) {
+            Some(ix) if ix.names == names => ix,
+            old => {
+                match old {
+                    Some(old) => dropped.extend(old.keys.lock().drain(..)),
+                    None => dropped.push(primary),
+                }
+                let ix = Arc::new(VaryIndex {
+                    names,
+                    keys: Mutex::new(std::collections::VecDeque::new()),
+                });
+                self.map.insert(primary, ix.clone());
+                self.any.store(true, Ordering::Relaxed);
+                ix
+            }
+        };
+        let mut keys = ix.keys.lock();
+        keys.retain(|k| *k != key);
+        keys.push_back(key);
+        while keys.len() > self.max {
+            dropped.extend(keys.pop_front());
+        }
+        dropped.retain(|k| *k != key);
+        dropped
+    }
+
+    /// `primary` no longer varies, or is purged: its variant keys, for L1 to drop.
+    fn forget(&self, primary: &CacheKey) -> Vec<CacheKey> {
+        if !self.any.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        match self.map.remove(primary) {
+            Some((_, ix)) => ix.keys.lock().drain(..).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    fn clear(&self) {
+        self.map.clear();
     }
 }
 

@@ -255,8 +255,6 @@ pub struct Input<'a> {
     pub cache_set_cookie: bool,
     /// Targeted cache-control fields, in precedence order.
     pub targeted: &'a [HeaderName],
-    /// Headers the route already puts in the key: a `Vary` on them is satisfied.
-    pub key_headers: &'a [HeaderName],
     /// When the request went upstream (unix ms).
     pub request_time: u64,
     /// When the response head arrived (unix ms).
@@ -291,7 +289,9 @@ pub fn decide(i: &Input<'_>) -> Decision {
     if i.resp_headers.contains_key(header::SET_COOKIE) && !i.cache_set_cookie {
         return Decision::DontStore("set-cookie");
     }
-    if !vary_is_keyed(i.resp_headers, i.key_headers) {
+    // §4.1: `Vary: *` can never be matched by a later request; other `Vary` responses are
+    // stored as one variant among several (`vary_names`, `Cache::store`).
+    if vary_names(i.resp_headers).is_none() {
         return Decision::DontStore("vary");
     }
     if let Some(ce) = i.resp_headers.get(header::CONTENT_ENCODING) {
@@ -402,28 +402,29 @@ pub fn initial_age_ms(
     apparent_age.max(age_value + response_delay)
 }
 
-/// True when every field `Vary` names is already part of the key (route key headers), or is
-/// `Accept-Encoding` (Augur fetches the identity representation itself and varies on
-/// `Accept-Encoding` when serving). `Vary: *` never matches.
-fn vary_is_keyed(resp_headers: &HeaderMap, key_headers: &[HeaderName]) -> bool {
+/// The request header fields that select among a response's variants (RFC 9111 §4.1): the
+/// field names its `Vary` lists, lower case, sorted, without duplicates, and without
+/// `Accept-Encoding` (Augur fetches and stores the identity representation and negotiates the
+/// coding itself). `None` when they can never match: `Vary: *`, or a name that is not a valid
+/// field name. An empty list: the response does not vary (beyond the coding).
+pub fn vary_names(resp_headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names: Vec<HeaderName> = Vec::new();
     for value in resp_headers.get_all(header::VARY) {
-        let Ok(text) = value.to_str() else {
-            return false;
-        };
+        let text = value.to_str().ok()?;
         for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             if name == "*" {
-                return false;
+                return None;
             }
-            let keyed = name.eq_ignore_ascii_case("accept-encoding")
-                || key_headers
-                    .iter()
-                    .any(|k| k.as_str().eq_ignore_ascii_case(name));
-            if !keyed {
-                return false;
+            // `HeaderName` parsing lower-cases, so any spelling gives the same name.
+            let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+            if name != header::ACCEPT_ENCODING {
+                names.push(name);
             }
         }
     }
-    true
+    names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    Some(names)
 }
 
 /// How a stored entry may answer one request (§4, §4.2.4; RFC 5861).
@@ -602,7 +603,6 @@ mod tests {
                 grace_ms: self.grace,
                 cache_set_cookie: self.set_cookie,
                 targeted: &targeted,
-                key_headers: &[],
                 request_time: NOW,
                 response_time: NOW,
             })
@@ -827,9 +827,18 @@ mod tests {
         assert!(case(
             &[],
             200,
-            &[("cache-control", "max-age=60"), ("vary", "cookie")]
+            &[("cache-control", "max-age=60"), ("vary", "a, *")]
         )
         .refused());
+        assert!(
+            !case(
+                &[],
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "cookie")]
+            )
+            .refused(),
+            "stored as a variant"
+        );
         assert!(!case(
             &[],
             200,
@@ -1204,6 +1213,28 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn vary_names_are_normalised() {
+        let names = |lines: &[&str]| {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                h.append(header::VARY, HeaderValue::from_str(l).unwrap());
+            }
+            vary_names(&h).map(|v| v.iter().map(|n| n.as_str().to_owned()).collect::<Vec<_>>())
+        };
+        assert_eq!(names(&[]), Some(vec![]));
+        assert_eq!(names(&["Accept-Encoding"]), Some(vec![]));
+        assert_eq!(
+            names(&[
+                "Accept-Language , ORIGIN",
+                "accept-language,,Accept-Encoding"
+            ]),
+            Some(vec!["accept-language".to_owned(), "origin".to_owned()])
+        );
+        assert_eq!(names(&["origin", "*"]), None);
+        assert_eq!(names(&["bad name"]), None);
+    }
+
     proptest! {
         /// Whatever the headers say, a stored response is never served fresh past its
         /// lifetime, and never past what the request's max-age allows.
@@ -1259,6 +1290,7 @@ mod tests {
                 let _ = http_date_ms(Some(v));
             }
             let _ = freshen(&h, &h);
+            let _ = vary_names(&h);
         }
     }
 }

@@ -567,7 +567,7 @@ impl<S: Source> Worker<S> {
         tokio::spawn(async move {
             let _permit = permit;
             let fetch = || source.prefetch_fetch(route_idx, &host, &pq, headers.clone());
-            let outcome = source.cache().lookup_or_fetch(key, fetch).await;
+            let outcome = source.cache().lookup_or_fetch(key, &headers, fetch).await;
             let mut pending = shared.pending.lock();
             match outcome {
                 // Fetched by this prefetch (a 304 that freshened a stale entry counts too).
