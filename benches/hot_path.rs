@@ -138,7 +138,7 @@ fn l2_hit(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_function(format!("decode_verify_promote/{size}"), |b| {
             b.iter(|| {
-                let e = redis::decode_fresh(black_box(&enc), 1_000).unwrap();
+                let e = redis::decode_usable(black_box(&enc), 1_000).unwrap();
                 m.insert(key, Arc::new(e));
             })
         });

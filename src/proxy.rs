@@ -625,8 +625,10 @@ impl Proxy {
             Decision::DontStore(reason) => {
                 // Still a valid answer for this request, but no longer storable.
                 tracing::debug!(uri = %target.uri, reason, "revalidated response no longer storable");
-                // Stale anyway, so L2 has already let it go (its TTL is the freshness left).
+                // Dropped here, and from Redis (which may keep it for its stale window) and the
+                // fleet's L1s, in the background.
                 self.cache.remove(&key);
+                self.cache.invalidate_behind(key);
                 let once = Entry {
                     status: prev.status,
                     headers: merged,

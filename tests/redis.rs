@@ -193,6 +193,94 @@ async fn promotion_keeps_the_remaining_lifetime() {
     assert_eq!(up.count(&pq), 2);
 }
 
+/// Two instances sharing Redis and one manual clock (the upstream's `Date` follows it).
+async fn two_on_one_clock(redis: &RedisServer, up: &Upstream) -> (Proxy, Proxy, Clock) {
+    let cfg = config(up.addr, &redis_section(&redis.url(), ""));
+    let clock = Clock::manual();
+    up.follow(&clock);
+    let a = Proxy::start_with_clock(cfg.clone(), clock.clone()).await;
+    let b = Proxy::start_with_clock(cfg, clock.clone()).await;
+    l2_ready(&a).await;
+    l2_ready(&b).await;
+    (a, b, clock)
+}
+
+fn pttl_ms(redis: &RedisServer) -> i64 {
+    let [key] = keys(redis).try_into().expect("one key in Redis");
+    redis::cmd("PTTL")
+        .arg(key)
+        .query(&mut redis.conn())
+        .unwrap()
+}
+
+/// Redis keeps an entry for its freshness plus its stale window, so another instance can serve
+/// it stale while it refreshes it (`stale-while-revalidate`), or when the upstream fails
+/// (`stale-if-error`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l2_keeps_the_stale_window_for_the_whole_fleet() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let (a, b, clock) = two_on_one_clock(&redis, &up).await;
+
+    let swr = "/swr?cc=public%2C%20max-age%3D10%2C%20stale-while-revalidate%3D30";
+    assert_eq!(fetch(&a, swr).await.x_cache(), "MISS");
+    eventually(Duration::from_secs(5), "write-behind", || async {
+        keys(&redis).len() == 1
+    })
+    .await;
+    let ttl = pttl_ms(&redis);
+    assert!(
+        (35_000..=40_000).contains(&ttl),
+        "PX covers 10 s + 30 s: {ttl}"
+    );
+    clock.advance(Duration::from_secs(20));
+    let stale = fetch(&b, swr).await;
+    assert_eq!(
+        (stale.x_cache(), stale.header("x-cache-tier")),
+        ("STALE", "")
+    );
+    assert!(
+        up.wait_count(swr, 2).await,
+        "B refreshed it in the background"
+    );
+
+    let sie = "/sie?cc=public%2C%20max-age%3D10%2C%20stale-if-error%3D60";
+    assert_eq!(fetch(&a, sie).await.x_cache(), "MISS");
+    eventually(Duration::from_secs(5), "write-behind", || async {
+        keys(&redis).len() == 2
+    })
+    .await;
+    clock.advance(Duration::from_secs(30));
+    up.fail.store(503, std::sync::atomic::Ordering::SeqCst);
+    let stood_in = fetch(&b, sie).await;
+    assert_eq!(
+        (stood_in.status.as_u16(), stood_in.x_cache()),
+        (200, "STALE")
+    );
+    up.fail.store(0, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// An entry promoted from Redis answers only what its freshness allows for *this* request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l2_entries_obey_the_request_directives() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let (a, b, _clock) = two_on_one_clock(&redis, &up).await;
+    let pq = "/nc?cc=public%2C%20max-age%3D60&h_etag=%22v1%22&validate=1";
+    assert_eq!(fetch(&a, pq).await.x_cache(), "MISS");
+    eventually(Duration::from_secs(5), "write-behind", || async {
+        keys(&redis).len() == 1
+    })
+    .await;
+    let got = common::get_with(&b.url(pq), &[("host", HOST), ("cache-control", "no-cache")]).await;
+    assert_eq!(
+        got.x_cache(),
+        "REVALIDATED",
+        "no-cache: asked the upstream first"
+    );
+    assert_eq!(up.count(pq), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_on_one_instance_reaches_the_other() {
     let redis = RedisServer::start();

@@ -193,6 +193,15 @@ impl Entry {
         self.lifetime.saturating_sub(self.age_ms(now))
     }
 
+    /// How long a store should keep it at `now` (ms): the freshness left plus the window in
+    /// which a stale copy may still be served (`stale-while-revalidate`, `stale-if-error`,
+    /// route grace). Zero once it can no longer answer anything.
+    pub fn keep_ms(&self, now: u64) -> u64 {
+        self.lifetime
+            .saturating_add(self.stale_while_revalidate.max(self.stale_if_error))
+            .saturating_sub(self.age_ms(now))
+    }
+
     /// Bytes this entry really occupies: the stored body, the headers, and a fixed overhead.
     pub fn weight(&self) -> u64 {
         let headers: u64 = self

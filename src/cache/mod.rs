@@ -327,11 +327,36 @@ impl Cache {
             }
             match self.join(key) {
                 Role::Leader(guard) => {
-                    // L2 holds entries under primary keys only (see `store`).
+                    // L2 holds entries under primary keys only (see `store`). What it has is
+                    // promoted into L1 and judged like an L1 entry: fresh answers at once; a
+                    // stale one within its window is served stale (and refreshed) when the
+                    // request allows; otherwise it is what the fetch revalidates, or stands
+                    // in for a failing upstream.
                     if key == primary {
                         if let Some(entry) = self.l2_lookup(&key).await {
-                            guard.finish(Flight::FromL2(entry.clone()));
-                            return Outcome::HitL2(entry);
+                            let now = self.clock.now_ms();
+                            match policy::usable(&entry, &want.directives, want.authorization, now)
+                            {
+                                Use::Fresh => {
+                                    guard.finish(Flight::FromL2(entry.clone()));
+                                    return Outcome::HitL2(entry);
+                                }
+                                Use::Stale if want.allow_stale => {
+                                    guard.finish(Flight::Stale(entry.clone()));
+                                    return Outcome::Stale {
+                                        entry,
+                                        refresh: false,
+                                    };
+                                }
+                                Use::StaleWhileRevalidate if want.allow_stale => {
+                                    guard.finish(Flight::Stale(entry.clone()));
+                                    return Outcome::Stale {
+                                        entry,
+                                        refresh: true,
+                                    };
+                                }
+                                _ => {}
+                            }
                         }
                     }
                     return match fetch().await {
@@ -397,8 +422,16 @@ impl Cache {
                             return Outcome::Coalesced(entry);
                         }
                         Flight::FromL2(entry) => {
-                            self.metrics.coalesced.increment(1);
-                            return Outcome::HitL2(entry);
+                            // Fresh for the leader's request; this one may ask for more
+                            // (`max-age=0`, `no-cache`, `Authorization`): it is in L1 now, so
+                            // the next round judges it like any L1 entry.
+                            let now = self.clock.now_ms();
+                            if policy::usable(&entry, &want.directives, want.authorization, now)
+                                == Use::Fresh
+                            {
+                                self.metrics.coalesced.increment(1);
+                                return Outcome::HitL2(entry);
+                            }
                         }
                         Flight::Stale(entry) => {
                             self.metrics.coalesced.increment(1);
@@ -455,9 +488,10 @@ impl Cache {
         }
     }
 
-    /// The leader's L2 step: a fresh, verified entry from Redis, promoted into L1 as it is (its
-    /// response time, initial age and lifetime travel with it, so the age carries over and it
-    /// expires here when it would have expired where it was fetched).
+    /// The leader's L2 step: a verified entry from Redis, fresh or within its stale window,
+    /// promoted into L1 as it is (its response time, initial age and lifetime travel with it,
+    /// so the age carries over and it expires here when it would have expired where it was
+    /// fetched).
     async fn l2_lookup(&self, key: &CacheKey) -> Option<Arc<Entry>> {
         let l2 = self.l2.as_ref()?;
         let entry = Arc::new(l2.get(key, || self.clock.now_ms()).await?);
@@ -465,10 +499,11 @@ impl Cache {
         Some(entry)
     }
 
-    /// How long Redis keeps an entry: its remaining freshness. The hook for a stale window
-    /// (stale-while-revalidate / stale-if-error): add it here so L2 still holds the entry.
+    /// How long Redis keeps an entry: its remaining freshness plus its stale window
+    /// (`stale-while-revalidate`, `stale-if-error`, route grace), so that another instance can
+    /// still serve it stale, revalidate it, or stand it in for a failing upstream.
     fn l2_ttl_ms(&self, entry: &Entry) -> u64 {
-        entry.ttl_ms(self.clock.now_ms())
+        entry.keep_ms(self.clock.now_ms())
     }
 
     /// Store a fetched `entry` for a request with `headers`, and say under which key: `primary`
@@ -615,6 +650,20 @@ impl Cache {
             self.metrics.cache_invalidated.increment(1);
         }
         in_l1 || in_l2
+    }
+
+    /// Purge `key` from L2 and, through pub/sub, every instance's L1, in a task of its own
+    /// (for the request path, which must not wait for Redis). No-op without `[redis]`.
+    pub fn invalidate_behind(&self, key: CacheKey) {
+        let (Some(l2), Ok(rt)) = (&self.l2, tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let l2 = l2.clone();
+        rt.spawn(async move {
+            if let Err(e) = l2.invalidate(&key).await {
+                tracing::warn!(key = %key, error = %e, "purge did not reach Redis");
+            }
+        });
     }
 
     /// Purge everything under the key prefix in L2 and every instance's L1.

@@ -60,14 +60,16 @@ impl Invalidation {
 pub enum Refused {
     /// Failed to decode or verify: corrupt, foreign, or written by another version.
     Corrupt(CodecError),
-    /// Valid but past its freshness lifetime at `now`.
+    /// Valid but past its freshness lifetime and every stale window at `now`.
     Stale,
 }
 
-/// The L2 hit path's pure part: decode, verify, check freshness at `now`.
-pub fn decode_fresh(data: &Bytes, now: u64) -> Result<Entry, Refused> {
+/// The L2 hit path's pure part: decode, verify, and check that at `now` the entry is fresh or
+/// within a window where a stale copy may still serve (the caller's `policy::usable` decides
+/// which, for its request).
+pub fn decode_usable(data: &Bytes, now: u64) -> Result<Entry, Refused> {
     let entry = Entry::decode(data).map_err(Refused::Corrupt)?;
-    if !entry.is_fresh(now) {
+    if entry.keep_ms(now) == 0 {
         return Err(Refused::Stale);
     }
     Ok(entry)
@@ -185,7 +187,7 @@ impl L2 {
             }
         };
         self.breaker.success(m);
-        match decode_fresh(&data, now()) {
+        match decode_usable(&data, now()) {
             Ok(entry) => {
                 m.get_hit.increment(1);
                 Some(entry)
