@@ -99,21 +99,7 @@ impl CacheKey {
             }
         }
 
-        h.len_prefix(key_headers.len());
-        for name in key_headers {
-            h.field(name.as_str().as_bytes());
-            let values = headers.get_all(name);
-            if values.iter().next().is_none() {
-                h.write(&[0]);
-            } else {
-                h.write(&[1]);
-                let mut len = 0;
-                header_pieces(&values, |b| len += b.len());
-                h.len_prefix(len);
-                header_pieces(&values, |b| h.write(b));
-            }
-        }
-
+        h.headers(key_headers, headers);
         CacheKey(h.finish())
     }
 
@@ -126,20 +112,7 @@ impl CacheKey {
         let mut h = HashSink::new();
         h.write(VARIANT_DOMAIN);
         h.write(&self.0);
-        h.len_prefix(names.len());
-        for name in names {
-            h.field(name.as_str().as_bytes());
-            let values = headers.get_all(name);
-            if values.iter().next().is_none() {
-                h.write(&[0]);
-            } else {
-                h.write(&[1]);
-                let mut len = 0;
-                header_pieces(&values, |b| len += b.len());
-                h.len_prefix(len);
-                header_pieces(&values, |b| h.write(b));
-            }
-        }
+        h.headers(names, headers);
         CacheKey(h.finish())
     }
 
@@ -669,6 +642,25 @@ impl HashSink {
     fn field(&mut self, b: &[u8]) {
         self.len_prefix(b.len());
         self.write(b);
+    }
+
+    /// The named request header fields, in the given order: each name, then absent (0) or
+    /// present (1) and its normalised value ([`header_pieces`]), length-prefixed.
+    fn headers(&mut self, names: &[HeaderName], headers: &HeaderMap) {
+        self.len_prefix(names.len());
+        for name in names {
+            self.field(name.as_str().as_bytes());
+            let values = headers.get_all(name);
+            if values.iter().next().is_none() {
+                self.write(&[0]);
+            } else {
+                self.write(&[1]);
+                let mut len = 0;
+                header_pieces(&values, |b| len += b.len());
+                self.len_prefix(len);
+                header_pieces(&values, |b| self.write(b));
+            }
+        }
     }
 
     fn finish(&mut self) -> [u8; 16] {
