@@ -218,6 +218,8 @@ impl HumanUnit for RedisUrl {
     fn parse(s: &str) -> Result<Self, String> {
         let hint = r#"(expected redis://HOST[:PORT][/DB], rediss://HOST[:PORT] or unix:///path/to/redis.sock)"#;
         let t = s.trim();
+        // Errors end up in logs and CI output: never echo the password.
+        let s = &redact_password(t);
         let scheme = t.split_once("://").map(|(sc, _)| sc.to_ascii_lowercase());
         match scheme.as_deref() {
             Some("redis" | "unix" | "redis+unix") => {}
@@ -239,6 +241,23 @@ impl HumanUnit for RedisUrl {
     }
 }
 
+/// `url` with the password of its userinfo (`user:password@`, or a lone `secret@`) replaced by
+/// `***`, for error messages.
+pub(super) fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let user = match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    format!("{scheme}://{user}{}", &rest[at..])
+}
+
 /// Whether this build speaks TLS to Redis (rustls).
 const REDIS_TLS: bool = true;
 
@@ -246,6 +265,23 @@ const REDIS_TLS: bool = true;
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_passwords_are_never_echoed() {
+        assert_eq!(
+            redact_password("redis://app:s3cret@h:6379/0"),
+            "redis://app:***@h:6379/0"
+        );
+        assert_eq!(redact_password("rediss://s3cret@h"), "rediss://***@h");
+        assert_eq!(redact_password("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(redact_password("unix:///run/r.sock"), "unix:///run/r.sock");
+        let err = RedisUrl::parse("redis://app:s3cret@h:notaport")
+            .err()
+            .unwrap();
+        assert!(!err.contains("s3cret"), "{err}");
+        let err = RedisUrl::parse("http://app:s3cret@h").err().unwrap();
+        assert!(!err.contains("s3cret"), "{err}");
+    }
 
     #[test]
     fn sizes() {
