@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -113,6 +114,33 @@ async fn client_asking_while_the_prefetch_is_in_flight_waits_for_it() {
         "coalesced with the prefetch: one upstream request"
     );
     until_metric(&proxy, "augur_prefetch_used_total", 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_starts_when_the_request_arrives_not_when_it_completes() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(config(up.addr, PREFETCH)).await;
+    // a takes the upstream a second: its successor's prefetch need not wait for it.
+    let (a, b) = (format!("/slow?delay_ms=1000&{CC}"), url("/b"));
+    get(&proxy.url(&a)).await;
+    get(&proxy.url(&b)).await; // learns a ─► b
+    purge(&proxy).await;
+    assert_eq!(up.max_inflight.load(Ordering::SeqCst), 1);
+
+    let got = get(&proxy.url(&a)).await;
+    assert_eq!(got.x_cache(), "MISS");
+    assert_eq!(up.count(&a), 2);
+    assert_eq!(up.count(&b), 2);
+    // Predicted as a arrived, so b reached the upstream while a was still being served there;
+    // predicting after a's response would have sent b only once the upstream was done with a.
+    assert_eq!(
+        up.max_inflight.load(Ordering::SeqCst),
+        2,
+        "b prefetched while a was in flight"
+    );
+    settled(&proxy).await;
+    assert_eq!(get(&proxy.url(&b)).await.x_cache(), "HIT");
+    assert_eq!(up.count(&b), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
