@@ -9,7 +9,8 @@
 # NASA_LIMIT/NASA_SPEEDUP (10000 / 150), EDGAR_LIMIT/EDGAR_SPEEDUP (10000 / 40),
 # LATENCY_MS (20), OUT (target/replay/<time>), MODES ("off on": which prefetch settings to run;
 # two invocations with the same OUT may split them), MAX_SECONDS (900, per replay), BIN (an
-# already-built augur binary; default: build target/release/augur here).
+# already-built augur binary; default: build target/release/augur here). An OUT that already
+# holds a calibration reuses it, so two invocations run at the same budgets.
 #
 # "As stored": a first unpaced run with a huge cache measures the bytes Augur holds once every
 # object of the replayed part of the trace is stored (zstd-compressed); the budget is PCT% of
@@ -94,10 +95,14 @@ for t in $TRACES; do
     edgar) trace=$shared/traces/edgar-20170101-sample.csv.gz; limit=${EDGAR_LIMIT:-10000}; speedup=${EDGAR_SPEEDUP:-40} ;;
     *) echo "unknown trace $t" >&2; exit 1 ;;
   esac
-  echo "== $t: calibrating stored bytes (unpaced, 8GiB cache)" >&2
-  run "$trace" "$limit" 0 $((8 << 30)) off "$t-calibrate"
+  if [ -s "$OUT/$t-calibrate.metrics.txt" ]; then
+    echo "== $t: reusing the calibration already in $OUT (same budgets for both halves)" >&2
+  else
+    echo "== $t: calibrating stored bytes (unpaced, 8GiB cache)" >&2
+    run "$trace" "$limit" 0 $((8 << 30)) off "$t-calibrate"
+    python3 "$replay/analyze.py" --trace "$trace" --limit "$limit" >"$OUT/$t-analyze.txt" 2>&1
+  fi
   stored=$(awk '$1=="augur_cache_bytes" {print $2}' "$OUT/$t-calibrate.metrics.txt")
-  python3 "$replay/analyze.py" --trace "$trace" --limit "$limit" >"$OUT/$t-analyze.txt" 2>&1
   for pct in $PCTS; do
     memory=$(python3 -c "print(max(1<<20, int(float('$stored') * $pct / 100)))")
     echo "== $t at $pct% (memory $memory bytes of $stored stored)" >&2
