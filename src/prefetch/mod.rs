@@ -524,8 +524,14 @@ impl<S: Source> Worker<S> {
 
         let predictions = {
             let mut model = self.shared.model.lock();
-            model.observe(obs.client, &obs.host, &obs.pq, now);
-            model.predict(&obs.host, &obs.pq, now, self.top_k, self.threshold)
+            model.observe_predict(
+                obs.client,
+                &obs.host,
+                &obs.pq,
+                now,
+                self.top_k,
+                self.threshold,
+            )
         };
         for pred in predictions {
             self.consider(&obs, pred, now);
