@@ -7,8 +7,8 @@
 #
 # Knobs (environment): SHARED (default ../shared), TRACES ("nasa edgar"), PCTS ("5"),
 # NASA_LIMIT/NASA_SPEEDUP (10000 / 150), EDGAR_LIMIT/EDGAR_SPEEDUP (10000 / 40),
-# LATENCY_MS (20), PF_THRESHOLD (0.3) and PF_FLOOR (0.3) ([prefetch] threshold and
-# precision_floor), OUT (target/replay/<time>), MODES ("off on": which prefetch settings to run;
+# LATENCY_MS (20), PF_THRESHOLD (0.3), PF_FLOOR (0.3) and PF_USE_WINDOW (60s, the shipped
+# default) ([prefetch] threshold, precision_floor, use_window), OUT (target/replay/<time>), MODES ("off on": which prefetch settings to run;
 # two invocations with the same OUT may split them), MAX_SECONDS (900, per replay), BIN (an
 # already-built augur binary; default: build target/release/augur here). An OUT that already
 # holds a calibration reuses it, so two invocations run at the same budgets.
@@ -28,6 +28,7 @@ mkdir -p "$OUT"
 MODES=${MODES:-"off on"}
 PF_THRESHOLD=${PF_THRESHOLD:-0.3}
 PF_FLOOR=${PF_FLOOR:-0.3}
+PF_USE_WINDOW=${PF_USE_WINDOW:-60s}
 MAX_SECONDS=${MAX_SECONDS:-900}
 if [ -n "${BIN:-}" ]; then
   bin=$BIN
@@ -72,7 +73,7 @@ min_samples = 3
 budget = 0.25
 max_concurrency = 16
 idle_gap = "15s"
-use_window = "10s"
+use_window = "$PF_USE_WINDOW"
 
 [[route]]
 name = "origin"
