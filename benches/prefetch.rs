@@ -1,5 +1,5 @@
-//! The prefetch model's cost per request: `Markov::observe` + `Markov::predict`, as the
-//! background worker runs them for every client GET. Compare with the hit path
+//! The prefetch model's cost per request: `Markov::observe_predict` (learn, then predict), as
+//! the background worker runs it for every client GET. Compare with the hit path
 //! (`cargo bench --bench hot_path -- hit_path`).
 //!
 //! `cargo bench --bench prefetch` (CI only compiles it).
@@ -48,8 +48,7 @@ fn markov(c: &mut Criterion) {
         b.iter(|| {
             let (client, pq) = &reqs[i % reqs.len()];
             let now = i as u64 * 10;
-            m.observe(*client, "api.example.com", pq, now);
-            let p = m.predict("api.example.com", pq, now, 1, 0.3);
+            let p = m.observe_predict(*client, "api.example.com", pq, now, 1, 0.3);
             i += 1;
             black_box(p)
         })

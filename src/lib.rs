@@ -18,7 +18,8 @@
 //!              └─ entry    zstd-encode once; L1 insert; L2 write-behind (spawned)
 //!   respond  entry ─► response (Age, x-cache, 304 for a matching client validator, 206 for
 //!            one byte range), pass-through streamed; unsafe methods invalidate (§4.4)
-//!   observe  prefetcher.observe(client, request)    never awaited on the request path
+//!   observe  prefetcher.observe(client, request) as a GET arrives, before the cache is asked;
+//!            prefetcher.served(key, hit/miss) once answered   never awaited on the request path
 //! prefetch worker: markov.predict(state) ─► cache.lookup_or_fetch(next, fetch) in the background
 //! admin    /metrics /healthz /readyz /purge /prefetch/transitions … on its own listener
 //! ```

@@ -256,6 +256,9 @@ impl Proxy {
         if want.directives.only_if_cached {
             return self.only_if_cached(self.cache.variant_key(&key, &parts.headers), &want, parts);
         }
+        if parts.method == Method::GET {
+            self.prefetcher.observe(&parts.headers, peer, host, pq);
+        }
         let leader_only = LeaderOnly::default();
         let fetch = || {
             let target = Target {
@@ -311,8 +314,7 @@ impl Proxy {
             Outcome::Failed(e) => (Served::Fetched, (CacheStatus::Miss, e.to_response())),
         };
         if parts.method == Method::GET {
-            self.prefetcher
-                .observe(&parts.headers, peer, host, pq, key, served);
+            self.prefetcher.served(key, served);
         }
         out
     }

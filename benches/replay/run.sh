@@ -7,7 +7,11 @@
 #
 # Knobs (environment): SHARED (default ../shared), TRACES ("nasa edgar"), PCTS ("5"),
 # NASA_LIMIT/NASA_SPEEDUP (10000 / 150), EDGAR_LIMIT/EDGAR_SPEEDUP (10000 / 40),
-# LATENCY_MS (20), OUT (target/replay/<time>).
+# LATENCY_MS (20), PF_THRESHOLD (0.3), PF_FLOOR (0.3) and PF_USE_WINDOW (60s, the shipped
+# default) ([prefetch] threshold, precision_floor, use_window), OUT (target/replay/<time>), MODES ("off on": which prefetch settings to run;
+# two invocations with the same OUT may split them), MAX_SECONDS (900, per replay), BIN (an
+# already-built augur binary; default: build target/release/augur here). An OUT that already
+# holds a calibration reuses it, so two invocations run at the same budgets.
 #
 # "As stored": a first unpaced run with a huge cache measures the bytes Augur holds once every
 # object of the replayed part of the trace is stored (zstd-compressed); the budget is PCT% of
@@ -21,9 +25,17 @@ PCTS=${PCTS:-5}
 LATENCY_MS=${LATENCY_MS:-20}
 OUT=${OUT:-$root/target/replay/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
-bin=$root/target/release/augur
-
-cargo build --release --locked --manifest-path "$root/Cargo.toml" >&2
+MODES=${MODES:-"off on"}
+PF_THRESHOLD=${PF_THRESHOLD:-0.3}
+PF_FLOOR=${PF_FLOOR:-0.3}
+PF_USE_WINDOW=${PF_USE_WINDOW:-60s}
+MAX_SECONDS=${MAX_SECONDS:-900}
+if [ -n "${BIN:-}" ]; then
+  bin=$BIN
+else
+  bin=$root/target/release/augur
+  cargo build --release --locked --manifest-path "$root/Cargo.toml" >&2
+fi
 
 pids=()
 cleanup() { for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
@@ -55,13 +67,13 @@ max_entry_size = $max_entry
 [prefetch]
 client_header = "X-Client-Id"
 top_k = 1
-threshold = 0.3
-precision_floor = 0.3
+threshold = $PF_THRESHOLD
+precision_floor = $PF_FLOOR
 min_samples = 3
 budget = 0.25
 max_concurrency = 16
 idle_gap = "15s"
-use_window = "10s"
+use_window = "$PF_USE_WINDOW"
 
 [[route]]
 name = "origin"
@@ -73,7 +85,7 @@ TOML
   wait_http "http://127.0.0.1:$aport/healthz"
   python3 "$replay/replay.py" --trace "$trace" --base "http://127.0.0.1:$pport" \
     --limit "$limit" --speedup "$speedup" --origin "http://127.0.0.1:$oport" \
-    --json "$OUT/$label.json" --max-seconds 400 >"$OUT/$label.replay.txt" 2>&1 || true
+    --json "$OUT/$label.json" --out "$OUT/$label.requests.csv" --max-seconds "$MAX_SECONDS" >"$OUT/$label.replay.txt" 2>&1 || true
   curl -fsS "http://127.0.0.1:$aport/metrics" >"$OUT/$label.metrics.txt"
   curl -fsS "http://127.0.0.1:$aport/prefetch/transitions?limit=20" >"$OUT/$label.transitions.json" || true
   kill "$apid" "$opid" 2>/dev/null || true
@@ -87,15 +99,22 @@ for t in $TRACES; do
     edgar) trace=$shared/traces/edgar-20170101-sample.csv.gz; limit=${EDGAR_LIMIT:-10000}; speedup=${EDGAR_SPEEDUP:-40} ;;
     *) echo "unknown trace $t" >&2; exit 1 ;;
   esac
-  echo "== $t: calibrating stored bytes (unpaced, 8GiB cache)" >&2
-  run "$trace" "$limit" 0 $((8 << 30)) off "$t-calibrate"
+  if [ -s "$OUT/$t-calibrate.metrics.txt" ]; then
+    echo "== $t: reusing the calibration already in $OUT (same budgets for both halves)" >&2
+  else
+    echo "== $t: calibrating stored bytes (unpaced, 8GiB cache)" >&2
+    run "$trace" "$limit" 0 $((8 << 30)) off "$t-calibrate"
+    python3 "$replay/analyze.py" --trace "$trace" --limit "$limit" >"$OUT/$t-analyze.txt" 2>&1
+  fi
   stored=$(awk '$1=="augur_cache_bytes" {print $2}' "$OUT/$t-calibrate.metrics.txt")
-  python3 "$replay/analyze.py" --trace "$trace" --limit "$limit" >"$OUT/$t-analyze.txt" 2>&1
   for pct in $PCTS; do
     memory=$(python3 -c "print(max(1<<20, int(float('$stored') * $pct / 100)))")
     echo "== $t at $pct% (memory $memory bytes of $stored stored)" >&2
-    run "$trace" "$limit" "$speedup" "$memory" off "$t-$pct-off"
-    run "$trace" "$limit" "$speedup" "$memory" on "$t-$pct-on"
+    for pf in $MODES; do
+      run "$trace" "$limit" "$speedup" "$memory" "$pf" "$t-$pct-$pf"
+    done
   done
 done
-python3 "$root/benches/replay/table.py" "$OUT" $TRACES -- $PCTS | tee "$OUT/table.txt"
+case $MODES in
+  *off*on*|*on*off*) python3 "$root/benches/replay/table.py" "$OUT" $TRACES -- $PCTS | tee "$OUT/table.txt" ;;
+esac

@@ -22,8 +22,14 @@
 //! counts ([`Markov::merge`]), which is what sharing one model across a fleet needs.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
+
+/// The model's maps hash with foldhash: every request hashes four state keys and a client id,
+/// and SipHash (std's default, built against HashDoS) costs several times more. The keys are
+/// request paths an attacker could choose, so the hasher is seeded per process.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Tunables of the model (from `[prefetch]`).
 #[derive(Debug, Clone)]
@@ -134,7 +140,7 @@ pub struct ModelStats {
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
     version: u32,
-    states: HashMap<String, State>,
+    states: Map<String, State>,
 }
 
 const SNAPSHOT_VERSION: u32 = 1;
@@ -143,40 +149,103 @@ const SNAPSHOT_VERSION: u32 = 1;
 #[derive(Debug)]
 pub struct Markov {
     settings: ModelSettings,
-    states: HashMap<String, State>,
-    clients: HashMap<u64, Last>,
+    states: Map<String, State>,
+    clients: Map<u64, Last>,
     tick: u64,
     dropped_states: u64,
+    /// The current request's state keys and ids, reused from request to request.
+    scratch: Keys,
+}
+
+/// A request's two state keys (`r…` and `t…`) and the byte ranges of its ids in the path.
+#[derive(Debug, Default)]
+struct Keys {
+    raw: String,
+    tmpl: String,
+    ids: Vec<Range<usize>>,
+}
+
+impl Keys {
+    /// Fill in place (no allocation once the buffers have grown).
+    fn set(&mut self, host: &str, pq: &str) {
+        self.raw.clear();
+        self.raw.push('r');
+        self.raw.push_str(host);
+        self.raw.push_str(pq);
+        self.tmpl.clear();
+        self.tmpl.push('t');
+        self.tmpl.push_str(host);
+        template_into(pq, &mut self.tmpl, &mut self.ids);
+    }
 }
 
 impl Markov {
     pub fn new(settings: ModelSettings) -> Markov {
         Markov {
             settings,
-            states: HashMap::new(),
-            clients: HashMap::new(),
+            states: Map::default(),
+            clients: Map::default(),
             tick: 0,
             dropped_states: 0,
+            scratch: Keys::default(),
         }
     }
 
     /// Learn from `client` asking for `host` + `pq` at `now_ms`: the transition from the
     /// client's previous request (unless the idle gap passed), at both granularities.
     pub fn observe(&mut self, client: u64, host: &str, pq: &str, now_ms: u64) {
-        let raw = raw_key(host, pq);
-        let (tmpl, _) = template(pq);
-        let tmpl = tmpl_key(host, &tmpl);
-        let prev = self.clients.get(&client).cloned();
-        if let Some(prev) = prev {
-            if now_ms.saturating_sub(prev.at_ms) <= self.settings.idle_gap_ms {
-                // A repeated request (a reload) is not a transition.
-                if prev.raw != raw {
-                    self.learn(&prev.raw, &raw, now_ms);
-                    self.learn(&prev.tmpl, &tmpl, now_ms);
-                }
+        let mut keys = std::mem::take(&mut self.scratch);
+        keys.set(host, pq);
+        self.observe_keys(client, &keys, now_ms);
+        self.scratch = keys;
+    }
+
+    /// [`Markov::observe`] then [`Markov::predict`] for the same request, what the prefetch
+    /// worker does for every client GET: the state keys and the template are built once.
+    pub fn observe_predict(
+        &mut self,
+        client: u64,
+        host: &str,
+        pq: &str,
+        now_ms: u64,
+        k: usize,
+        threshold: f32,
+    ) -> Vec<Prediction> {
+        let mut keys = std::mem::take(&mut self.scratch);
+        keys.set(host, pq);
+        self.observe_keys(client, &keys, now_ms);
+        let out = self.predict_keys(&keys, host, pq, now_ms, k, threshold);
+        self.scratch = keys;
+        out
+    }
+
+    fn observe_keys(&mut self, client: u64, keys: &Keys, now_ms: u64) {
+        if let Some(prev) = self.clients.get_mut(&client) {
+            // Taken out (not cloned) while the table learns; refilled in place below.
+            let mut last = std::mem::replace(
+                prev,
+                Last {
+                    raw: String::new(),
+                    tmpl: String::new(),
+                    at_ms: now_ms,
+                },
+            );
+            // A repeated request (a reload) is not a transition.
+            if now_ms.saturating_sub(last.at_ms) <= self.settings.idle_gap_ms
+                && last.raw != keys.raw
+            {
+                self.learn(&last.raw, &keys.raw, now_ms);
+                self.learn(&last.tmpl, &keys.tmpl, now_ms);
             }
+            last.raw.clone_from(&keys.raw);
+            last.tmpl.clone_from(&keys.tmpl);
+            last.at_ms = now_ms;
+            if let Some(slot) = self.clients.get_mut(&client) {
+                *slot = last;
+            }
+            return;
         }
-        if self.clients.len() >= self.settings.max_clients && !self.clients.contains_key(&client) {
+        if self.clients.len() >= self.settings.max_clients {
             let gap = self.settings.idle_gap_ms;
             self.clients
                 .retain(|_, l| now_ms.saturating_sub(l.at_ms) <= gap);
@@ -187,8 +256,8 @@ impl Markov {
         self.clients.insert(
             client,
             Last {
-                raw,
-                tmpl,
+                raw: keys.raw.clone(),
+                tmpl: keys.tmpl.clone(),
                 at_ms: now_ms,
             },
         );
@@ -201,13 +270,19 @@ impl Markov {
         let top = self.settings.top_successors.max(1);
         if !self.states.contains_key(from) {
             self.make_room();
+            self.states.insert(
+                from.to_owned(),
+                State {
+                    total: 0.0,
+                    updated_ms: now_ms,
+                    succ: Vec::new(),
+                    last_used: tick,
+                },
+            );
         }
-        let state = self.states.entry(from.to_owned()).or_insert_with(|| State {
-            total: 0.0,
-            updated_ms: now_ms,
-            succ: Vec::new(),
-            last_used: tick,
-        });
+        let Some(state) = self.states.get_mut(from) else {
+            return;
+        };
         decay(state, now_ms, half_life);
         state.last_used = tick;
         state.total += 1.0;
@@ -265,6 +340,22 @@ impl Markov {
         k: usize,
         threshold: f32,
     ) -> Vec<Prediction> {
+        let mut keys = std::mem::take(&mut self.scratch);
+        keys.set(host, pq);
+        let out = self.predict_keys(&keys, host, pq, now_ms, k, threshold);
+        self.scratch = keys;
+        out
+    }
+
+    fn predict_keys(
+        &mut self,
+        keys: &Keys,
+        host: &str,
+        pq: &str,
+        now_ms: u64,
+        k: usize,
+        threshold: f32,
+    ) -> Vec<Prediction> {
         let mut out: Vec<Prediction> = Vec::new();
         if k == 0 {
             return out;
@@ -277,8 +368,8 @@ impl Markov {
 
         // URLs whose concrete transition is switched off: a template must not bring them back.
         let mut vetoed: Vec<String> = Vec::new();
-        let raw = raw_key(host, pq);
-        if let Some(state) = self.states.get_mut(&raw) {
+        let raw = keys.raw.as_str();
+        if let Some(state) = self.states.get_mut(raw) {
             decay(state, now_ms, half_life);
             state.last_used = tick;
             for s in &state.succ {
@@ -292,13 +383,12 @@ impl Markov {
                 if !ok(s) {
                     vetoed.push(next.to_owned());
                 } else if next != pq {
-                    push(&mut out, next.to_owned(), p, &raw, &s.to);
+                    push(&mut out, next.to_owned(), p, raw, &s.to);
                 }
             }
         }
-        let (tmpl, ids) = template(pq);
-        let tkey = tmpl_key(host, &tmpl);
-        if let Some(state) = self.states.get_mut(&tkey) {
+        let tkey = keys.tmpl.as_str();
+        if let Some(state) = self.states.get_mut(tkey) {
             decay(state, now_ms, half_life);
             state.last_used = tick;
             for s in &state.succ {
@@ -309,9 +399,9 @@ impl Markov {
                 let Some(t) = s.to.strip_prefix('t').and_then(|u| u.strip_prefix(host)) else {
                     continue;
                 };
-                if let Some(next) = fill(t, &ids) {
+                if let Some(next) = fill_ranges(t, pq, &keys.ids) {
                     if next != pq && !vetoed.contains(&next) {
-                        push(&mut out, next, p, &tkey, &s.to);
+                        push(&mut out, next, p, tkey, &s.to);
                     }
                 }
             }
@@ -418,7 +508,7 @@ impl Markov {
         Ok(())
     }
 
-    fn merge_states(&mut self, states: HashMap<String, State>) {
+    fn merge_states(&mut self, states: Map<String, State>) {
         let top = self.settings.top_successors.max(1);
         for (key, mut incoming) in states {
             if !self.states.contains_key(&key) {
@@ -454,7 +544,7 @@ impl Markov {
 #[derive(Serialize)]
 struct SnapshotRef<'a> {
     version: u32,
-    states: &'a HashMap<String, State>,
+    states: &'a Map<String, State>,
 }
 
 /// Enough evidence (decayed counts, so "about `min_samples`") and precision under the floor.
@@ -492,7 +582,7 @@ fn decay(state: &mut State, now_ms: u64, half_life_ms: u64) {
     state.updated_ms = now_ms;
 }
 
-fn drop_oldest_half(clients: &mut HashMap<u64, Last>) {
+fn drop_oldest_half(clients: &mut Map<u64, Last>) {
     let mut at: Vec<u64> = clients.values().map(|l| l.at_ms).collect();
     let mid = at.len() / 2;
     if mid == 0 {
@@ -504,31 +594,22 @@ fn drop_oldest_half(clients: &mut HashMap<u64, Last>) {
     clients.retain(|_, l| l.at_ms > cutoff);
 }
 
-fn raw_key(host: &str, pq: &str) -> String {
-    let mut s = String::with_capacity(1 + host.len() + pq.len());
-    s.push('r');
-    s.push_str(host);
-    s.push_str(pq);
-    s
-}
-
-fn tmpl_key(host: &str, tmpl: &str) -> String {
-    let mut s = String::with_capacity(1 + host.len() + tmpl.len());
-    s.push('t');
-    s.push_str(host);
-    s.push_str(tmpl);
-    s
-}
-
 const ID: &str = "{id}";
 
 /// `pq` with ids replaced by `{id}`, and the ids in order. Ids are tokens not glued to a letter
 /// or digit on either side: a UUID, a digit run optionally joined by dashes to more digit runs
 /// (`0001193125-12-324016`), or a hex run of 16+ characters containing a digit.
 pub fn template(pq: &str) -> (String, Vec<&str>) {
-    let b = pq.as_bytes();
     let mut out = String::with_capacity(pq.len());
     let mut ids = Vec::new();
+    template_into(pq, &mut out, &mut ids);
+    (out, ids.into_iter().map(|r| &pq[r]).collect())
+}
+
+/// [`template`] appended to `out`, the ids as byte ranges of `pq` in `ids` (cleared first).
+fn template_into(pq: &str, out: &mut String, ids: &mut Vec<Range<usize>>) {
+    let b = pq.as_bytes();
+    ids.clear();
     let mut i = 0;
     let mut copied = 0;
     while i < b.len() {
@@ -537,7 +618,7 @@ pub fn template(pq: &str) -> (String, Vec<&str>) {
             if let Some(len) = id_at(&b[i..]) {
                 out.push_str(&pq[copied..i]);
                 out.push_str(ID);
-                ids.push(&pq[i..i + len]);
+                ids.push(i..i + len);
                 i += len;
                 copied = i;
                 continue;
@@ -546,7 +627,6 @@ pub fn template(pq: &str) -> (String, Vec<&str>) {
         i += 1;
     }
     out.push_str(&pq[copied..]);
-    (out, ids)
 }
 
 /// Length of the id starting at `s[0]`, if one does.
@@ -597,6 +677,24 @@ fn id_at(s: &[u8]) -> Option<usize> {
         return Some(hex);
     }
     None
+}
+
+/// [`fill`] with the ids given as byte ranges of `pq`.
+fn fill_ranges(template: &str, pq: &str, ids: &[Range<usize>]) -> Option<String> {
+    let slots = template.matches(ID).count();
+    if slots != ids.len() {
+        return None;
+    }
+    let mut out = String::with_capacity(template.len() + pq.len());
+    let mut rest = template;
+    for id in ids {
+        let at = rest.find(ID)?;
+        out.push_str(&rest[..at]);
+        out.push_str(pq.get(id.clone())?);
+        rest = &rest[at + ID.len()..];
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 /// A template made concrete with `ids`; `None` if the slot count differs.
@@ -668,6 +766,28 @@ mod tests {
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].pq, "/b");
         assert!(p[0].p > 0.9, "{p:?}");
+    }
+
+    #[test]
+    fn observe_predict_is_observe_then_predict() {
+        let (mut a, mut b) = (model(), model());
+        let paths = [
+            "/users/1",
+            "/users/1/orders",
+            "/o/5",
+            "/users/2",
+            "/users/2/orders",
+        ];
+        for i in 0..200u64 {
+            let (client, pq) = (i % 3, paths[(i * 7 % 5) as usize]);
+            a.observe(client, "h", pq, i * 50);
+            let want = a.predict("h", pq, i * 50, 2, 0.1);
+            assert_eq!(b.observe_predict(client, "h", pq, i * 50, 2, 0.1), want);
+        }
+        let table = |m: &Markov| -> serde_json::Value {
+            serde_json::from_str(&m.to_json().unwrap_or_default()).unwrap_or_default()
+        };
+        assert_eq!(table(&a), table(&b));
     }
 
     #[test]

@@ -1,9 +1,15 @@
-//! Prefetch: after the response is built, `Proxy::handle` hands an [`Observation`] to
-//! [`Prefetcher::observe`], which only `try_send`s it on a bounded channel (full ─► dropped and
-//! counted): nothing here is awaited on the request path. A background worker learns from it
-//! ([`markov`]), predicts the next requests, and fetches those that are not fresh in cache
-//! through [`Cache::lookup_or_fetch`] with the proxy's own fetch ([`Source`]), so a client that
-//! asks while a prefetch is in flight waits for it instead of fetching twice.
+//! Prefetch: when a client GET arrives, before the cache is asked, `Proxy::through_cache` hands
+//! an [`Observation`] to [`Prefetcher::observe`]; once the cache has answered it reports how
+//! ([`Prefetcher::served`]). Both only `try_send` on one bounded channel (full ─► dropped and
+//! counted): nothing here is awaited on the request path. A background worker learns from the
+//! arrival ([`markov`]), predicts the next requests, and fetches those that are not fresh in
+//! cache through [`Cache::lookup_or_fetch`] with the proxy's own fetch ([`Source`]), so a client
+//! that asks while a prefetch is in flight waits for it instead of fetching twice.
+//!
+//! Why at arrival and not after the response: the next request of a client often follows the
+//! response within a few milliseconds (a page and then its images). Predicted at arrival, the
+//! prefetch of the successor runs alongside the current request's own miss (or starts at once on
+//! a hit) instead of starting when the client is already asking for it.
 //!
 //! How the upstream is protected:
 //! * only GET, only routes with `prefetch = true`, and a synthetic header set: a prefetch
@@ -67,16 +73,23 @@ pub enum Served {
     Fetched,
 }
 
-/// One finished client GET.
+/// One arriving client GET.
 #[derive(Debug)]
 pub struct Observation {
     client: u64,
     host: String,
     pq: String,
-    key: CacheKey,
-    served: Served,
     /// Only the headers some route allows a prefetch to forward.
     headers: HeaderMap,
+}
+
+/// What the request path tells the worker, in order.
+#[derive(Debug)]
+enum Event {
+    /// A client GET arrived: learn the transition, predict, prefetch.
+    Arrived(Observation),
+    /// The cache answered it: a prefetch it used (or fetched again) is credited.
+    Served(CacheKey, Served),
 }
 
 struct Pending {
@@ -217,8 +230,8 @@ const MAX_PENDING: usize = 65_536;
 
 /// The prefetcher: the request-path handle and the worker's state.
 pub struct Prefetcher {
-    tx: mpsc::Sender<Observation>,
-    rx: Mutex<Option<mpsc::Receiver<Observation>>>,
+    tx: mpsc::Sender<Event>,
+    rx: Mutex<Option<mpsc::Receiver<Event>>>,
     shared: Arc<Shared>,
     client_header: Option<HeaderName>,
     /// Union of every route's `prefetch_forward_headers`.
@@ -304,16 +317,9 @@ impl Prefetcher {
         self.enabled
     }
 
-    /// Request path: queue a finished GET for the worker. Never waits.
-    pub fn observe(
-        &self,
-        headers: &HeaderMap,
-        peer: SocketAddr,
-        host: &str,
-        pq: &str,
-        key: CacheKey,
-        served: Served,
-    ) {
+    /// Request path, as a GET arrives (before the cache is asked): queue it for the worker,
+    /// which learns from it and prefetches its likely successors. Never waits.
+    pub fn observe(&self, headers: &HeaderMap, peer: SocketAddr, host: &str, pq: &str) {
         if !self.enabled {
             return;
         }
@@ -327,11 +333,21 @@ impl Prefetcher {
             client: self.client_id(headers, peer),
             host: host.to_owned(),
             pq: pq.to_owned(),
-            key,
-            served,
             headers: forward,
         };
-        if self.tx.try_send(obs).is_err() {
+        self.send(Event::Arrived(obs));
+    }
+
+    /// Request path, once the cache has answered an observed GET: how it was served, so a
+    /// prefetch it used is credited. Never waits.
+    pub fn served(&self, key: CacheKey, served: Served) {
+        if self.enabled {
+            self.send(Event::Served(key, served));
+        }
+    }
+
+    fn send(&self, event: Event) {
+        if self.tx.try_send(event).is_err() {
             self.shared.metrics.dropped_queue.increment(1);
         }
     }
@@ -454,11 +470,12 @@ struct Worker<S> {
 }
 
 impl<S: Source> Worker<S> {
-    async fn run(mut self, mut rx: mpsc::Receiver<Observation>, stop: Arc<Notify>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Event>, stop: Arc<Notify>) {
         loop {
             tokio::select! {
-                obs = rx.recv() => match obs {
-                    Some(obs) => self.handle(obs),
+                event = rx.recv() => match event {
+                    Some(Event::Arrived(obs)) => self.arrived(obs),
+                    Some(Event::Served(key, served)) => self.served(key, served),
                     None => return,
                 },
                 () = stop.notified() => break,
@@ -466,21 +483,21 @@ impl<S: Source> Worker<S> {
         }
         let now = self.source.cache().now_ms();
         let mut model = self.shared.model.lock();
-        while let Ok(obs) = rx.try_recv() {
-            model.observe(obs.client, &obs.host, &obs.pq, now);
+        while let Ok(event) = rx.try_recv() {
+            if let Event::Arrived(obs) = event {
+                model.observe(obs.client, &obs.host, &obs.pq, now);
+            }
         }
     }
 
-    fn handle(&mut self, obs: Observation) {
+    /// Did this request use a prefetch?
+    fn served(&mut self, key: CacheKey, served: Served) {
         let now = self.source.cache().now_ms();
-        self.tokens = (self.tokens + self.budget * self.budget_scale()).min(self.burst);
-
-        // Did this request use a prefetch?
-        let pending = self.shared.pending.lock().remove(&obs.key);
+        let pending = self.shared.pending.lock().remove(&key);
         if let Some(p) = pending {
-            match obs.served {
+            match served {
                 Served::Hit | Served::Coalesced => {
-                    if obs.served == Served::Hit {
+                    if served == Served::Hit {
                         self.shared.metrics.hits.increment(1);
                     }
                     self.shared.resolve(&p, true, now);
@@ -495,6 +512,11 @@ impl<S: Source> Worker<S> {
                 Served::Fetched => {}
             }
         }
+    }
+
+    fn arrived(&mut self, obs: Observation) {
+        let now = self.source.cache().now_ms();
+        self.tokens = (self.tokens + self.budget * self.budget_scale()).min(self.burst);
         if now >= self.next_sweep_ms {
             self.sweep(now);
             self.next_sweep_ms = now + 1000;
@@ -502,8 +524,14 @@ impl<S: Source> Worker<S> {
 
         let predictions = {
             let mut model = self.shared.model.lock();
-            model.observe(obs.client, &obs.host, &obs.pq, now);
-            model.predict(&obs.host, &obs.pq, now, self.top_k, self.threshold)
+            model.observe_predict(
+                obs.client,
+                &obs.host,
+                &obs.pq,
+                now,
+                self.top_k,
+                self.threshold,
+            )
         };
         for pred in predictions {
             self.consider(&obs, pred, now);
