@@ -7,6 +7,8 @@
 #   knobs (env): SIZES="1k 16k" URLS=20000 REPEAT=1 DURATION=10s WARMUP=2s CONNS=64
 #                SERVER_CPU=0 CLIENT_CPU=1 REDIS_CPU=$SERVER_CPU AA_CONTROL=1 BASE_PORT=28280
 #                L1_MEMORY=4GiB QUIET_PCT=15 QUIET_MAX_WAIT=30 AUGUR_BIN=<another build>
+#                ACCEPT_ENCODING=zstd (wrk asks for zstd: Augur then sends its stored zstd bodies
+#                as they are, so no row pays for decompression; the ceiling ignores it)
 #
 # Targets, per size (loads interleaved: rep, then size, then target):
 #   ceiling    the harness's bare hyper server, cycling URLs like l1/l2: what wrk+Lua can drive
@@ -216,7 +218,8 @@ load() { # target size -> "pid admin url script args..." for wrk
 }
 run_wrk() { # duration url script args... (pinned, bounded)
   local d=$1; shift
-  timeout 120 taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"$d" --latency -s "$2" "$1" "${@:3}"
+  timeout 120 taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"$d" --latency \
+    ${ACCEPT_ENCODING:+-H "Accept-Encoding: $ACCEPT_ENCODING"} -s "$2" "$1" "${@:3}"
 }
 
 # Warm every URL of a size into L1 (l1) or Redis (l2): wrk passes (each starts at URL 1, and
@@ -300,14 +303,14 @@ done
 
 # ------------------------------------------------------------------ report --
 {
-  echo "L2-hit vs L1-hit, $(date -u +%Y-%m-%dT%H:%MZ), best of $REPEAT by req/s; URLS=$URLS, wrk -t1 -c$CONNS -d$DURATION on CPU $CLIENT_CPU, servers on CPU $SERVER_CPU, redis on CPU $REDIS_CPU"
+  echo "L2-hit vs L1-hit, $(date -u +%Y-%m-%dT%H:%MZ), best of $REPEAT by req/s; URLS=$URLS, wrk -t1 -c$CONNS -d$DURATION on CPU $CLIENT_CPU${ACCEPT_ENCODING:+ (Accept-Encoding: $ACCEPT_ENCODING)}, servers on CPU $SERVER_CPU, redis on CPU $REDIS_CPU"
   echo
   awk -F'\t' '
     NR == 1 { next }
     { k = $2 SUBSEP $3; if (!(k in best) || $4 > best[k]) { best[k] = $4; row[k] = $0 } }
     END {
-      print "| target | size | req/s | p50 ms | p99 ms | x l1-one | x l1 | server CPU us/req | redis CPU us/req | L2-hit share | L1-hit share | upstream reqs | errors |"
-      print "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+      print "| target | size | req/s | p50 ms | p99 ms | x l1-one | x l1 | server CPU us/req | redis CPU us/req | L2-hit share | L1-hit share | upstream reqs | errors | foreign CPU % |"
+      print "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
       n = split("ceiling l1-one l1 l2 ceiling-b", T, " ")
       ns = split(sizes, S, " ")
       for (i = 1; i <= ns; i++) for (j = 1; j <= n; j++) {
@@ -317,8 +320,8 @@ done
         served = f[11] + f[12] + f[13]
         l2s = (T[j] ~ /^ceiling/ || served == 0) ? "-" : sprintf("%.3f", f[12] / served)
         l1s = (T[j] ~ /^ceiling/ || served == 0) ? "-" : sprintf("%.3f", f[11] / served)
-        printf "| %s | %s | %s | %.3f | %.3f | %.2f | %.2f | %s | %s | %s | %s | %s | %s |\n", f[2], f[3], f[4], f[5] / 1000, f[6] / 1000,
-          (a[4] > 0 ? f[4] / a[4] : 0), (b[4] > 0 ? f[4] / b[4] : 0), f[9], red, l2s, l1s, f[15], f[8]
+        printf "| %s | %s | %s | %.3f | %.3f | %.2f | %.2f | %s | %s | %s | %s | %s | %s | %s |\n", f[2], f[3], f[4], f[5] / 1000, f[6] / 1000,
+          (a[4] > 0 ? f[4] / a[4] : 0), (b[4] > 0 ? f[4] / b[4] : 0), f[9], red, l2s, l1s, f[15], f[8], f[16]
       }
       for (i = 1; i <= ns; i++) {
         split(row["ceiling" SUBSEP S[i]], c, "\t"); split(row["ceiling-b" SUBSEP S[i]], cb, "\t")
