@@ -165,7 +165,8 @@ impl L2 {
             return None;
         };
         let started = Instant::now();
-        let cmd = redis::cmd("GET").arg(self.redis_key(key)).clone();
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.redis_key(key));
         let got = tokio::time::timeout(self.timeout, conn.query::<Option<Vec<u8>>>(&cmd)).await;
         m.get_duration.record(started.elapsed().as_secs_f64());
         let data = match got {
@@ -225,12 +226,12 @@ impl L2 {
                 m.set_too_large.increment(1);
                 return;
             }
-            let cmd = redis::cmd("SET")
-                .arg(this.redis_key(&key))
+            // Built in place: `.clone()` of a built command would copy the encoded entry again.
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(this.redis_key(&key))
                 .arg(value.as_ref())
                 .arg("PX")
-                .arg(ttl_ms)
-                .clone();
+                .arg(ttl_ms);
             let started = Instant::now();
             let done = tokio::time::timeout(this.timeout, conn.query::<()>(&cmd)).await;
             m.set_duration.record(started.elapsed().as_secs_f64());
