@@ -256,7 +256,9 @@ struct Keys {
     raw: String,
     tmpl: String,
     ids: Vec<Range<usize>>,
-    /// `tmpl` and `ids` are for the current request.
+    /// `ids` are the current request's.
+    scanned: bool,
+    /// `tmpl` is the current request's.
     templated: bool,
 }
 
@@ -267,17 +269,27 @@ impl Keys {
         self.raw.push('r');
         self.raw.push_str(host);
         self.raw.push_str(pq);
+        self.scanned = false;
         self.templated = false;
+    }
+
+    /// The ids only: all a known URL needs to fill a predicted template.
+    fn scan_ids(&mut self, pq: &str) {
+        if !self.scanned {
+            id_ranges(pq, &mut self.ids);
+            self.scanned = true;
+        }
     }
 
     fn set_tmpl(&mut self, host: &str, pq: &str) {
         if self.templated {
             return;
         }
+        self.scan_ids(pq);
         self.tmpl.clear();
         self.tmpl.push('t');
         self.tmpl.push_str(host);
-        template_into(pq, &mut self.tmpl, &mut self.ids);
+        template_from(pq, &self.ids, &mut self.tmpl);
         self.templated = true;
     }
 }
@@ -622,7 +634,7 @@ impl Markov {
                 let Some(t) = to.strip_prefix('t').and_then(|u| u.strip_prefix(host)) else {
                     continue;
                 };
-                keys.set_tmpl(host, pq);
+                keys.scan_ids(pq);
                 if let Some(next) = fill_ranges(t, pq, &keys.ids) {
                     if next != pq && !vetoed.contains(&next.as_str()) {
                         push(&mut out, next, p, Credit { from, to: s.to }, epoch);
@@ -883,23 +895,41 @@ pub fn template(pq: &str) -> (String, Vec<&str>) {
 
 /// [`template`] appended to `out`, the ids as byte ranges of `pq` in `ids` (cleared first).
 fn template_into(pq: &str, out: &mut String, ids: &mut Vec<Range<usize>>) {
+    id_ranges(pq, ids);
+    template_from(pq, ids, out);
+}
+
+/// The ids of `pq` as byte ranges, in order (`ids` is cleared first).
+fn id_ranges(pq: &str, ids: &mut Vec<Range<usize>>) {
     let b = pq.as_bytes();
     ids.clear();
     let mut i = 0;
-    let mut copied = 0;
     while i < b.len() {
-        let boundary_before = i == 0 || !b[i - 1].is_ascii_alphanumeric();
-        if boundary_before && b[i].is_ascii_hexdigit() {
+        if !b[i].is_ascii_alphanumeric() {
+            i += 1;
+            continue;
+        }
+        // `i` starts a run of letters and digits: only there can an id start.
+        if b[i].is_ascii_hexdigit() {
             if let Some(len) = id_at(&b[i..]) {
-                out.push_str(&pq[copied..i]);
-                out.push_str(ID);
                 ids.push(i..i + len);
                 i += len;
-                copied = i;
                 continue;
             }
         }
-        i += 1;
+        while i < b.len() && b[i].is_ascii_alphanumeric() {
+            i += 1;
+        }
+    }
+}
+
+/// `pq` with the `ids` ranges replaced by `{id}`, appended to `out`.
+fn template_from(pq: &str, ids: &[Range<usize>], out: &mut String) {
+    let mut copied = 0;
+    for id in ids {
+        out.push_str(&pq[copied..id.start]);
+        out.push_str(ID);
+        copied = id.end;
     }
     out.push_str(&pq[copied..]);
 }
@@ -932,7 +962,8 @@ fn id_at(s: &[u8]) -> Option<usize> {
     let digits = |from: usize| s[from..].iter().take_while(|c| c.is_ascii_digit()).count();
     let first = digits(0);
     if first > 0 {
-        let mut ends_at = vec![first];
+        // The longest run of groups that ends on a boundary.
+        let mut longest = ends(first).then_some(first);
         let mut n = first;
         while s.get(n) == Some(&b'-') {
             let d = digits(n + 1);
@@ -940,10 +971,12 @@ fn id_at(s: &[u8]) -> Option<usize> {
                 break;
             }
             n += 1 + d;
-            ends_at.push(n);
+            if ends(n) {
+                longest = Some(n);
+            }
         }
-        if let Some(&e) = ends_at.iter().rev().find(|&&e| ends(e)) {
-            return Some(e);
+        if longest.is_some() {
+            return longest;
         }
     }
     // Long hex with at least one digit.
@@ -955,39 +988,48 @@ fn id_at(s: &[u8]) -> Option<usize> {
 }
 
 /// [`fill`] with the ids given as byte ranges of `pq`.
+/// One pass over the template; nothing is allocated for a template with too many slots.
 fn fill_ranges(template: &str, pq: &str, ids: &[Range<usize>]) -> Option<String> {
-    let slots = template.matches(ID).count();
-    if slots != ids.len() {
+    let mut out = String::new();
+    let mut ids = ids.iter();
+    let mut copied = 0;
+    for at in slots(template) {
+        let id = ids.next()?;
+        if copied == 0 {
+            out.reserve(template.len() + pq.len());
+        }
+        out.push_str(&template[copied..at]);
+        out.push_str(pq.get(id.clone())?);
+        copied = at + ID.len();
+    }
+    if ids.next().is_some() {
         return None;
     }
-    let mut out = String::with_capacity(template.len() + pq.len());
-    let mut rest = template;
-    for id in ids {
-        let at = rest.find(ID)?;
-        out.push_str(&rest[..at]);
-        out.push_str(pq.get(id.clone())?);
-        rest = &rest[at + ID.len()..];
-    }
-    out.push_str(rest);
+    out.push_str(&template[copied..]);
     Some(out)
+}
+
+/// Byte offsets of the `{id}` slots of a template, as `match_indices(ID)` finds them (`{id}`
+/// cannot overlap itself), without building a substring searcher on every call.
+fn slots(template: &str) -> impl Iterator<Item = usize> + '_ {
+    let b = template.as_bytes();
+    (0..b.len()).filter(move |&i| b[i] == b'{' && b[i..].starts_with(ID.as_bytes()))
 }
 
 /// A template made concrete with `ids`; `None` if the slot count differs.
 pub fn fill(template: &str, ids: &[&str]) -> Option<String> {
-    let slots = template.matches(ID).count();
-    if slots != ids.len() {
+    if slots(template).count() != ids.len() {
         return None;
     }
     let mut out =
         String::with_capacity(template.len() + ids.iter().map(|i| i.len()).sum::<usize>());
-    let mut rest = template;
-    for id in ids {
-        let at = rest.find(ID)?;
-        out.push_str(&rest[..at]);
+    let mut copied = 0;
+    for (at, id) in slots(template).zip(ids) {
+        out.push_str(&template[copied..at]);
         out.push_str(id);
-        rest = &rest[at + ID.len()..];
+        copied = at + ID.len();
     }
-    out.push_str(rest);
+    out.push_str(&template[copied..]);
     Some(out)
 }
 
@@ -1021,6 +1063,45 @@ mod tests {
         assert_eq!(template("/v2/rrd62020/sts-70").0, "/v2/rrd62020/sts-{id}");
         assert_eq!(template("/deadbeefdeadbeef").0, "/deadbeefdeadbeef");
         assert_eq!(template("/123-45abc").0, "/{id}-45abc");
+    }
+
+    #[test]
+    fn id_scan_skipping_runs_matches_a_per_byte_scan() {
+        // The scan before it skipped whole runs of letters and digits.
+        fn per_byte(pq: &str) -> Vec<Range<usize>> {
+            let (b, mut ids, mut i) = (pq.as_bytes(), Vec::new(), 0);
+            while i < b.len() {
+                let boundary_before = i == 0 || !b[i - 1].is_ascii_alphanumeric();
+                if boundary_before && b[i].is_ascii_hexdigit() {
+                    if let Some(len) = id_at(&b[i..]) {
+                        ids.push(i..i + len);
+                        i += len;
+                        continue;
+                    }
+                }
+                i += 1;
+            }
+            ids
+        }
+        let alphabet = b"0123456789abcdefxyz-/?=._";
+        let mut x: u64 = 7;
+        let mut ids = Vec::new();
+        for _ in 0..20_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = (x >> 58) as usize;
+            let pq: String = (0..len)
+                .map(|j| {
+                    let r = x.rotate_left(7 * j as u32) >> 40;
+                    alphabet[r as usize % alphabet.len()] as char
+                })
+                .collect();
+            id_ranges(&pq, &mut ids);
+            assert_eq!(ids, per_byte(&pq), "{pq}");
+            let (t, found) = template(&pq);
+            assert_eq!(fill(&t, &found).as_deref(), Some(pq.as_str()), "{pq}");
+        }
     }
 
     #[test]
