@@ -260,6 +260,8 @@ struct Keys {
     scanned: bool,
     /// `tmpl` is the current request's.
     templated: bool,
+    /// A predicted template made concrete.
+    filled: String,
 }
 
 impl Keys {
@@ -614,13 +616,7 @@ impl Markov {
                 if !ok(s) {
                     vetoed.push(next);
                 } else if next != pq {
-                    push(
-                        &mut out,
-                        next.to_owned(),
-                        p,
-                        Credit { from, to: s.to },
-                        epoch,
-                    );
+                    push(&mut out, next, p, Credit { from, to: s.to }, epoch);
                 }
             }
         }
@@ -635,8 +631,9 @@ impl Markov {
                     continue;
                 };
                 keys.scan_ids(pq);
-                if let Some(next) = fill_ranges(t, pq, &keys.ids) {
-                    if next != pq && !vetoed.contains(&next.as_str()) {
+                if fill_ranges(t, pq, &keys.ids, &mut keys.filled) {
+                    let next = keys.filled.as_str();
+                    if next != pq && !vetoed.contains(&next) {
                         push(&mut out, next, p, Credit { from, to: s.to }, epoch);
                     }
                 }
@@ -838,14 +835,15 @@ fn suppressed(s: &Succ, floor: f32, min_samples: f32) -> bool {
     s.issued + 0.5 >= min_samples && s.used < floor * s.issued
 }
 
-fn push(out: &mut Vec<Prediction>, pq: String, p: f32, credit: Credit, epoch: u64) {
+/// Add a candidate, or credit the one already predicting the same URL (no allocation then).
+fn push(out: &mut Vec<Prediction>, pq: &str, p: f32, credit: Credit, epoch: u64) {
     match out.iter_mut().find(|x| x.pq == pq) {
         Some(x) => {
             x.p = x.p.max(p);
             x.credits.push(credit);
         }
         None => out.push(Prediction {
-            pq,
+            pq: pq.to_owned(),
             p,
             credits: Credits::one(credit),
             epoch,
@@ -988,25 +986,25 @@ fn id_at(s: &[u8]) -> Option<usize> {
 }
 
 /// [`fill`] with the ids given as byte ranges of `pq`.
-/// One pass over the template; nothing is allocated for a template with too many slots.
-fn fill_ranges(template: &str, pq: &str, ids: &[Range<usize>]) -> Option<String> {
-    let mut out = String::new();
+/// Into `out` (cleared first; reused, so no allocation once grown), in one pass over the
+/// template; `false` if the slot count differs.
+fn fill_ranges(template: &str, pq: &str, ids: &[Range<usize>], out: &mut String) -> bool {
+    out.clear();
     let mut ids = ids.iter();
     let mut copied = 0;
     for at in slots(template) {
-        let id = ids.next()?;
-        if copied == 0 {
-            out.reserve(template.len() + pq.len());
-        }
+        let Some(id) = ids.next().and_then(|id| pq.get(id.clone())) else {
+            return false;
+        };
         out.push_str(&template[copied..at]);
-        out.push_str(pq.get(id.clone())?);
+        out.push_str(id);
         copied = at + ID.len();
     }
     if ids.next().is_some() {
-        return None;
+        return false;
     }
     out.push_str(&template[copied..]);
-    Some(out)
+    true
 }
 
 /// Byte offsets of the `{id}` slots of a template, as `match_indices(ID)` finds them (`{id}`
