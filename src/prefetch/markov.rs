@@ -18,18 +18,33 @@
 //! so a transition whose precision falls below the floor stops being predicted. Because those
 //! counts decay too, a switched-off transition is retried once its evidence has faded.
 //!
+//! Cost: this runs for every client GET, so state keys are interned once per request (one
+//! string hash for the URL; its template is cached with it, so a known URL is not re-templated)
+//! and everything after that works on integer ids: successors, client positions and the
+//! credits of a prediction are ids, turned back into strings only for a prefetch that is
+//! actually issued. Interned keys no longer referenced are collected when their number has
+//! doubled since the last collection, which renumbers the ids (a new `epoch`).
+//!
 //! The state table serialises as JSON ([`Markov::to_json`]); two snapshots merge by adding
 //! counts ([`Markov::merge`]), which is what sharing one model across a fleet needs.
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// The model's maps hash with foldhash: every request hashes four state keys and a client id,
-/// and SipHash (std's default, built against HashDoS) costs several times more. The keys are
-/// request paths an attacker could choose, so the hasher is seeded per process.
+/// The model's maps hash with foldhash: SipHash (std's default, built against HashDoS) costs
+/// several times more. The keys are request paths an attacker could choose, so the hasher is
+/// seeded per process.
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// An interned state key: an index into `Markov::nodes`.
+type Id = u32;
+const NO_ID: Id = Id::MAX;
+
+/// Collect unreferenced keys no more often than this many keys.
+const MIN_COLLECT_AT: usize = 4096;
 
 /// Tunables of the model (from `[prefetch]`).
 #[derive(Debug, Clone)]
@@ -62,44 +77,88 @@ impl Default for ModelSettings {
 }
 
 /// One successor of a state.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Succ {
+#[derive(Debug, Clone, Copy)]
+struct Succ {
     /// The successor's state key (same granularity as the state).
-    pub to: String,
-    pub count: f32,
+    to: Id,
+    count: f32,
     /// Prefetches this transition caused whose fate is known (used or wasted).
-    #[serde(default)]
-    pub issued: f32,
+    issued: f32,
     /// Of those, the ones a real request used.
-    #[serde(default)]
-    pub used: f32,
+    used: f32,
 }
 
 impl Succ {
     /// `used / issued`, or `None` without evidence.
-    pub fn precision(&self) -> Option<f32> {
+    fn precision(&self) -> Option<f32> {
         (self.issued > 0.0).then(|| self.used / self.issued)
     }
 }
 
 /// A state: the decayed count of transitions out of it and its strongest successors.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct State {
-    pub total: f32,
+#[derive(Debug, Clone)]
+struct State {
+    total: f32,
     /// When the counts were last decayed (unix ms).
-    pub updated_ms: u64,
-    pub succ: Vec<Succ>,
+    updated_ms: u64,
+    succ: Vec<Succ>,
     /// Recency tick for LRU dropping; not persisted.
-    #[serde(skip)]
     last_used: u64,
 }
 
+/// An interned state key, the state it names if it has one, and (for a URL key) the id of its
+/// template key, so that a URL seen before is not templated again.
+#[derive(Debug)]
+struct Node {
+    key: Arc<str>,
+    state: Option<State>,
+    tmpl: Id,
+}
+
 /// Where a client's sequence stands.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct Last {
-    raw: String,
-    tmpl: String,
+    raw: Id,
+    tmpl: Id,
     at_ms: u64,
+}
+
+/// A transition `from ─► to`, by ids valid in the epoch of the prediction that carries it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Credit {
+    from: Id,
+    to: Id,
+}
+
+/// The transitions behind one prediction: a concrete URL and a template transition may both
+/// predict the same URL, so two are kept inline (no allocation), any more spill to a `Vec`.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Credits {
+    inline: [Credit; 2],
+    len: usize,
+    spill: Vec<Credit>,
+}
+
+impl Credits {
+    fn one(c: Credit) -> Credits {
+        Credits {
+            inline: [c, Credit::default()],
+            len: 1,
+            spill: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, c: Credit) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = c,
+            None => self.spill.push(c),
+        }
+        self.len += 1;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Credit> {
+        self.inline[..self.len.min(2)].iter().chain(&self.spill)
+    }
 }
 
 /// A predicted next request.
@@ -109,9 +168,10 @@ pub struct Prediction {
     pub pq: String,
     /// Estimated probability.
     pub p: f32,
-    /// The transitions (`from`, `to`) that predicted it, for crediting the outcome: a concrete
-    /// URL and a template transition may both predict the same URL.
-    pub credits: Vec<(String, String)>,
+    /// The transitions that predicted it, for crediting the outcome ([`Markov::credit_keys`]).
+    credits: Credits,
+    /// The key numbering `credits` refers to.
+    epoch: u64,
 }
 
 /// The strongest transitions, for the admin endpoint.
@@ -137,10 +197,35 @@ pub struct ModelStats {
     pub dropped_states: u64,
 }
 
-#[derive(Serialize, Deserialize)]
+/// The saved form (version 1): state key ─► counts and successors by key. Unchanged by the
+/// interning, so files written before it load as they are.
+#[derive(Deserialize)]
 struct Snapshot {
     version: u32,
-    states: Map<String, State>,
+    states: Map<String, SnapState<String>>,
+}
+
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    version: u32,
+    states: Map<&'a str, SnapState<&'a str>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapState<S> {
+    total: f32,
+    updated_ms: u64,
+    succ: Vec<SnapSucc<S>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapSucc<S> {
+    to: S,
+    count: f32,
+    #[serde(default)]
+    issued: f32,
+    #[serde(default)]
+    used: f32,
 }
 
 const SNAPSHOT_VERSION: u32 = 1;
@@ -149,11 +234,19 @@ const SNAPSHOT_VERSION: u32 = 1;
 #[derive(Debug)]
 pub struct Markov {
     settings: ModelSettings,
-    states: Map<String, State>,
+    /// Interned keys by id, with their states.
+    nodes: Vec<Node>,
+    index: Map<Arc<str>, Id>,
+    /// Nodes that hold a state.
+    states: usize,
     clients: Map<u64, Last>,
     tick: u64,
     dropped_states: u64,
-    /// The current request's state keys and ids, reused from request to request.
+    /// Bumped when ids are renumbered.
+    epoch: u64,
+    /// Collect unreferenced keys once `nodes` is this long.
+    collect_at: usize,
+    /// The current request's keys and ids, reused from request to request.
     scratch: Keys,
 }
 
@@ -163,19 +256,43 @@ struct Keys {
     raw: String,
     tmpl: String,
     ids: Vec<Range<usize>>,
+    /// `ids` are the current request's.
+    scanned: bool,
+    /// `tmpl` is the current request's.
+    templated: bool,
+    /// A predicted template made concrete.
+    filled: String,
 }
 
 impl Keys {
     /// Fill in place (no allocation once the buffers have grown).
-    fn set(&mut self, host: &str, pq: &str) {
+    fn set_raw(&mut self, host: &str, pq: &str) {
         self.raw.clear();
         self.raw.push('r');
         self.raw.push_str(host);
         self.raw.push_str(pq);
+        self.scanned = false;
+        self.templated = false;
+    }
+
+    /// The ids only: all a known URL needs to fill a predicted template.
+    fn scan_ids(&mut self, pq: &str) {
+        if !self.scanned {
+            id_ranges(pq, &mut self.ids);
+            self.scanned = true;
+        }
+    }
+
+    fn set_tmpl(&mut self, host: &str, pq: &str) {
+        if self.templated {
+            return;
+        }
+        self.scan_ids(pq);
         self.tmpl.clear();
         self.tmpl.push('t');
         self.tmpl.push_str(host);
-        template_into(pq, &mut self.tmpl, &mut self.ids);
+        template_from(pq, &self.ids, &mut self.tmpl);
+        self.templated = true;
     }
 }
 
@@ -183,10 +300,14 @@ impl Markov {
     pub fn new(settings: ModelSettings) -> Markov {
         Markov {
             settings,
-            states: Map::default(),
+            nodes: Vec::new(),
+            index: Map::default(),
+            states: 0,
             clients: Map::default(),
             tick: 0,
             dropped_states: 0,
+            epoch: 0,
+            collect_at: MIN_COLLECT_AT,
             scratch: Keys::default(),
         }
     }
@@ -194,14 +315,15 @@ impl Markov {
     /// Learn from `client` asking for `host` + `pq` at `now_ms`: the transition from the
     /// client's previous request (unless the idle gap passed), at both granularities.
     pub fn observe(&mut self, client: u64, host: &str, pq: &str, now_ms: u64) {
+        self.maybe_collect();
         let mut keys = std::mem::take(&mut self.scratch);
-        keys.set(host, pq);
-        self.observe_keys(client, &keys, now_ms);
+        let (raw, tmpl) = self.intern_request(&mut keys, host, pq);
+        self.observe_ids(client, raw, tmpl, now_ms);
         self.scratch = keys;
     }
 
     /// [`Markov::observe`] then [`Markov::predict`] for the same request, what the prefetch
-    /// worker does for every client GET: the state keys and the template are built once.
+    /// worker does for every client GET: the state keys are interned once.
     pub fn observe_predict(
         &mut self,
         client: u64,
@@ -211,37 +333,69 @@ impl Markov {
         k: usize,
         threshold: f32,
     ) -> Vec<Prediction> {
+        self.maybe_collect();
         let mut keys = std::mem::take(&mut self.scratch);
-        keys.set(host, pq);
-        self.observe_keys(client, &keys, now_ms);
-        let out = self.predict_keys(&keys, host, pq, now_ms, k, threshold);
+        let (raw, tmpl) = self.intern_request(&mut keys, host, pq);
+        self.observe_ids(client, raw, tmpl, now_ms);
+        let out = self.predict_ids(
+            Some(raw),
+            Some(tmpl),
+            &mut keys,
+            host,
+            pq,
+            now_ms,
+            k,
+            threshold,
+        );
         self.scratch = keys;
         out
     }
 
-    fn observe_keys(&mut self, client: u64, keys: &Keys, now_ms: u64) {
+    fn lookup(&self, key: &str) -> Option<Id> {
+        self.index.get(key).copied()
+    }
+
+    fn intern(&mut self, key: &str) -> Id {
+        if let Some(id) = self.lookup(key) {
+            return id;
+        }
+        let id = Id::try_from(self.nodes.len()).unwrap_or(NO_ID - 1);
+        let key: Arc<str> = Arc::from(key);
+        self.nodes.push(Node {
+            key: key.clone(),
+            state: None,
+            tmpl: NO_ID,
+        });
+        self.index.insert(key, id);
+        id
+    }
+
+    /// The request's URL and template ids; the path is templated only if the URL is new.
+    fn intern_request(&mut self, keys: &mut Keys, host: &str, pq: &str) -> (Id, Id) {
+        keys.set_raw(host, pq);
+        let raw = self.intern(&keys.raw);
+        let cached = self.nodes[raw as usize].tmpl;
+        if cached != NO_ID {
+            return (raw, cached);
+        }
+        keys.set_tmpl(host, pq);
+        let tmpl = self.intern(&keys.tmpl);
+        self.nodes[raw as usize].tmpl = tmpl;
+        (raw, tmpl)
+    }
+
+    fn observe_ids(&mut self, client: u64, raw: Id, tmpl: Id, now_ms: u64) {
+        let now = Last {
+            raw,
+            tmpl,
+            at_ms: now_ms,
+        };
         if let Some(prev) = self.clients.get_mut(&client) {
-            // Taken out (not cloned) while the table learns; refilled in place below.
-            let mut last = std::mem::replace(
-                prev,
-                Last {
-                    raw: String::new(),
-                    tmpl: String::new(),
-                    at_ms: now_ms,
-                },
-            );
+            let last = std::mem::replace(prev, now);
             // A repeated request (a reload) is not a transition.
-            if now_ms.saturating_sub(last.at_ms) <= self.settings.idle_gap_ms
-                && last.raw != keys.raw
-            {
-                self.learn(&last.raw, &keys.raw, now_ms);
-                self.learn(&last.tmpl, &keys.tmpl, now_ms);
-            }
-            last.raw.clone_from(&keys.raw);
-            last.tmpl.clone_from(&keys.tmpl);
-            last.at_ms = now_ms;
-            if let Some(slot) = self.clients.get_mut(&client) {
-                *slot = last;
+            if now_ms.saturating_sub(last.at_ms) <= self.settings.idle_gap_ms && last.raw != raw {
+                self.learn(last.raw, raw, now_ms);
+                self.learn(last.tmpl, tmpl, now_ms);
             }
             return;
         }
@@ -253,48 +407,40 @@ impl Markov {
                 drop_oldest_half(&mut self.clients);
             }
         }
-        self.clients.insert(
-            client,
-            Last {
-                raw: keys.raw.clone(),
-                tmpl: keys.tmpl.clone(),
-                at_ms: now_ms,
-            },
-        );
+        self.clients.insert(client, now);
     }
 
-    fn learn(&mut self, from: &str, to: &str, now_ms: u64) {
+    fn learn(&mut self, from: Id, to: Id, now_ms: u64) {
         self.tick += 1;
         let tick = self.tick;
         let half_life = self.settings.half_life_ms;
         let top = self.settings.top_successors.max(1);
-        if !self.states.contains_key(from) {
+        if self.nodes[from as usize].state.is_none() {
             self.make_room();
-            self.states.insert(
-                from.to_owned(),
-                State {
-                    total: 0.0,
-                    updated_ms: now_ms,
-                    succ: Vec::new(),
-                    last_used: tick,
-                },
-            );
+            self.nodes[from as usize].state = Some(State {
+                total: 0.0,
+                updated_ms: now_ms,
+                succ: Vec::new(),
+                last_used: tick,
+            });
+            self.states += 1;
         }
-        let Some(state) = self.states.get_mut(from) else {
+        let Some(state) = self.nodes[from as usize].state.as_mut() else {
             return;
         };
         decay(state, now_ms, half_life);
         state.last_used = tick;
         state.total += 1.0;
+        let fresh = Succ {
+            to,
+            count: 1.0,
+            issued: 0.0,
+            used: 0.0,
+        };
         if let Some(s) = state.succ.iter_mut().find(|s| s.to == to) {
             s.count += 1.0;
         } else if state.succ.len() < top {
-            state.succ.push(Succ {
-                to: to.to_owned(),
-                count: 1.0,
-                issued: 0.0,
-                used: 0.0,
-            });
+            state.succ.push(fresh);
         } else if let Some(weakest) = state
             .succ
             .iter_mut()
@@ -302,12 +448,7 @@ impl Markov {
         {
             // Space-saving replacement: a newcomer takes the weakest slot. Its count starts at
             // 1, not at the evicted count, so a stream of one-off successors cannot look strong.
-            *weakest = Succ {
-                to: to.to_owned(),
-                count: 1.0,
-                issued: 0.0,
-                used: 0.0,
-            };
+            *weakest = fresh;
         }
         state
             .succ
@@ -317,16 +458,89 @@ impl Markov {
     /// Drop the least recently used eighth of the states when the cap is reached.
     fn make_room(&mut self) {
         let cap = self.settings.max_states.max(1);
-        if self.states.len() < cap {
+        if self.states < cap {
             return;
         }
-        let mut ticks: Vec<u64> = self.states.values().map(|s| s.last_used).collect();
+        let mut ticks: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.state.as_ref().map(|s| s.last_used))
+            .collect();
+        if ticks.is_empty() {
+            return;
+        }
         let n = (ticks.len() / 8).max(1);
         let (_, nth, _) = ticks.select_nth_unstable(n - 1);
         let cutoff = *nth;
-        let before = self.states.len();
-        self.states.retain(|_, s| s.last_used > cutoff);
-        self.dropped_states += (before - self.states.len()) as u64;
+        for node in &mut self.nodes {
+            if node.state.as_ref().is_some_and(|s| s.last_used <= cutoff) {
+                node.state = None;
+                self.states -= 1;
+                self.dropped_states += 1;
+            }
+        }
+    }
+
+    /// Forget interned keys nothing refers to any more (no state, no successor, no client),
+    /// once their number has doubled since the last time: amortised O(1) per request.
+    fn maybe_collect(&mut self) {
+        if self.nodes.len() < self.collect_at {
+            return;
+        }
+        let mut live = vec![false; self.nodes.len()];
+        for (id, node) in self.nodes.iter().enumerate() {
+            if let Some(st) = &node.state {
+                live[id] = true;
+                for s in &st.succ {
+                    live[s.to as usize] = true;
+                }
+            }
+        }
+        for l in self.clients.values() {
+            live[l.raw as usize] = true;
+            live[l.tmpl as usize] = true;
+        }
+        // A live URL keeps its cached template.
+        for (id, node) in self.nodes.iter().enumerate() {
+            if live[id] && node.tmpl != NO_ID {
+                live[node.tmpl as usize] = true;
+            }
+        }
+        let mut remap = vec![NO_ID; self.nodes.len()];
+        let mut next: Id = 0;
+        for (id, &alive) in live.iter().enumerate() {
+            if alive {
+                remap[id] = next;
+                next += 1;
+            }
+        }
+        let old = std::mem::take(&mut self.nodes);
+        self.nodes = old
+            .into_iter()
+            .zip(&live)
+            .filter(|(_, &alive)| alive)
+            .map(|(mut node, _)| {
+                if node.tmpl != NO_ID {
+                    node.tmpl = remap[node.tmpl as usize];
+                }
+                if let Some(st) = &mut node.state {
+                    for s in &mut st.succ {
+                        s.to = remap[s.to as usize];
+                    }
+                }
+                node
+            })
+            .collect();
+        self.index.retain(|_, id| {
+            *id = remap[*id as usize];
+            *id != NO_ID
+        });
+        for l in self.clients.values_mut() {
+            l.raw = remap[l.raw as usize];
+            l.tmpl = remap[l.tmpl as usize];
+        }
+        self.epoch += 1;
+        self.collect_at = (2 * self.nodes.len()).max(MIN_COLLECT_AT);
     }
 
     /// Up to `k` likely next requests after `host` + `pq`, each with probability ≥ `threshold`,
@@ -341,15 +555,26 @@ impl Markov {
         threshold: f32,
     ) -> Vec<Prediction> {
         let mut keys = std::mem::take(&mut self.scratch);
-        keys.set(host, pq);
-        let out = self.predict_keys(&keys, host, pq, now_ms, k, threshold);
+        keys.set_raw(host, pq);
+        let raw = self.lookup(&keys.raw);
+        let tmpl = match raw.map(|r| self.nodes[r as usize].tmpl) {
+            Some(t) if t != NO_ID => Some(t),
+            _ => {
+                keys.set_tmpl(host, pq);
+                self.lookup(&keys.tmpl)
+            }
+        };
+        let out = self.predict_ids(raw, tmpl, &mut keys, host, pq, now_ms, k, threshold);
         self.scratch = keys;
         out
     }
 
-    fn predict_keys(
+    #[allow(clippy::too_many_arguments)] // reason: the two entry points' arguments, passed on
+    fn predict_ids(
         &mut self,
-        keys: &Keys,
+        raw: Option<Id>,
+        tmpl: Option<Id>,
+        keys: &mut Keys,
         host: &str,
         pq: &str,
         now_ms: u64,
@@ -363,45 +588,53 @@ impl Markov {
         self.tick += 1;
         let tick = self.tick;
         let half_life = self.settings.half_life_ms;
+        for id in [raw, tmpl].into_iter().flatten() {
+            if let Some(state) = self.nodes[id as usize].state.as_mut() {
+                decay(state, now_ms, half_life);
+                state.last_used = tick;
+            }
+        }
         let (floor, min_samples) = (self.settings.precision_floor, self.settings.min_samples);
         let ok = |s: &Succ| !suppressed(s, floor, min_samples);
+        let epoch = self.epoch;
+        let nodes = &self.nodes;
+        let state_of =
+            |id: Option<Id>| id.and_then(|id| Some((id, nodes[id as usize].state.as_ref()?)));
 
         // URLs whose concrete transition is switched off: a template must not bring them back.
-        let mut vetoed: Vec<String> = Vec::new();
-        let raw = keys.raw.as_str();
-        if let Some(state) = self.states.get_mut(raw) {
-            decay(state, now_ms, half_life);
-            state.last_used = tick;
+        let mut vetoed: Vec<&str> = Vec::new();
+        if let Some((from, state)) = state_of(raw) {
             for s in &state.succ {
                 let p = s.count / state.total.max(f32::MIN_POSITIVE);
                 if p < threshold {
                     continue;
                 }
-                let Some(next) = s.to.strip_prefix('r').and_then(|u| u.strip_prefix(host)) else {
+                let to = &nodes[s.to as usize].key;
+                let Some(next) = to.strip_prefix('r').and_then(|u| u.strip_prefix(host)) else {
                     continue;
                 };
                 if !ok(s) {
-                    vetoed.push(next.to_owned());
+                    vetoed.push(next);
                 } else if next != pq {
-                    push(&mut out, next.to_owned(), p, raw, &s.to);
+                    push(&mut out, next, p, Credit { from, to: s.to }, epoch);
                 }
             }
         }
-        let tkey = keys.tmpl.as_str();
-        if let Some(state) = self.states.get_mut(tkey) {
-            decay(state, now_ms, half_life);
-            state.last_used = tick;
+        if let Some((from, state)) = state_of(tmpl) {
             for s in &state.succ {
                 let p = s.count / state.total.max(f32::MIN_POSITIVE);
                 if p < threshold || !ok(s) {
                     continue;
                 }
-                let Some(t) = s.to.strip_prefix('t').and_then(|u| u.strip_prefix(host)) else {
+                let to = &nodes[s.to as usize].key;
+                let Some(t) = to.strip_prefix('t').and_then(|u| u.strip_prefix(host)) else {
                     continue;
                 };
-                if let Some(next) = fill_ranges(t, pq, &keys.ids) {
+                keys.scan_ids(pq);
+                if fill_ranges(t, pq, &keys.ids, &mut keys.filled) {
+                    let next = keys.filled.as_str();
                     if next != pq && !vetoed.contains(&next) {
-                        push(&mut out, next, p, tkey, &s.to);
+                        push(&mut out, next, p, Credit { from, to: s.to }, epoch);
                     }
                 }
             }
@@ -411,10 +644,27 @@ impl Markov {
         out
     }
 
+    /// The transitions (`from`, `to` state keys) that predicted `pred`, for
+    /// [`Markov::record_outcome`]: built only for a prefetch that is issued. Empty if the
+    /// keys were renumbered since the prediction.
+    pub fn credit_keys(&self, pred: &Prediction) -> Vec<(String, String)> {
+        if pred.epoch != self.epoch {
+            return Vec::new();
+        }
+        let key = |id: Id| self.nodes.get(id as usize).map(|n| n.key.to_string());
+        pred.credits
+            .iter()
+            .filter_map(|c| Some((key(c.from)?, key(c.to)?)))
+            .collect()
+    }
+
     /// Credit the transition `from ─► to` with the fate of one prefetch it caused.
     pub fn record_outcome(&mut self, from: &str, to: &str, used: bool, now_ms: u64) {
         let half_life = self.settings.half_life_ms;
-        if let Some(state) = self.states.get_mut(from) {
+        let (Some(from), Some(to)) = (self.lookup(from), self.lookup(to)) else {
+            return;
+        };
+        if let Some(state) = self.nodes[from as usize].state.as_mut() {
             decay(state, now_ms, half_life);
             if let Some(s) = state.succ.iter_mut().find(|s| s.to == to) {
                 s.issued += 1.0;
@@ -428,13 +678,14 @@ impl Markov {
     /// The `limit` transitions with the highest counts.
     pub fn strongest(&self, limit: usize) -> Vec<TransitionView> {
         let (floor, min_samples) = (self.settings.precision_floor, self.settings.min_samples);
-        let mut all: Vec<TransitionView> = self
-            .states
+        let nodes = &self.nodes;
+        let mut all: Vec<TransitionView> = nodes
             .iter()
+            .filter_map(|n| Some((&n.key, n.state.as_ref()?)))
             .flat_map(|(from, st)| {
                 st.succ.iter().map(move |s| TransitionView {
-                    from: from.clone(),
-                    to: s.to.clone(),
+                    from: from.to_string(),
+                    to: nodes[s.to as usize].key.to_string(),
                     count: s.count,
                     probability: s.count / st.total.max(f32::MIN_POSITIVE),
                     prefetch_issued: s.issued,
@@ -456,21 +707,18 @@ impl Markov {
 
     pub fn stats(&self) -> ModelStats {
         let mut transitions = 0;
-        let mut bytes = 0;
-        for (k, s) in &self.states {
-            transitions += s.succ.len();
-            bytes += k.len() + std::mem::size_of::<State>() + 48;
-            bytes += s
-                .succ
-                .iter()
-                .map(|x| x.to.len() + std::mem::size_of::<Succ>())
-                .sum::<usize>();
+        // Each key is held once (shared by the node and the index) plus an index slot.
+        let mut bytes = self.nodes.capacity() * std::mem::size_of::<Node>();
+        for n in &self.nodes {
+            bytes += n.key.len() + 16 + std::mem::size_of::<(Arc<str>, Id)>() + 8;
+            if let Some(s) = &n.state {
+                transitions += s.succ.len();
+                bytes += s.succ.capacity() * std::mem::size_of::<Succ>();
+            }
         }
-        for l in self.clients.values() {
-            bytes += l.raw.len() + l.tmpl.len() + std::mem::size_of::<Last>() + 48;
-        }
+        bytes += self.clients.len() * (std::mem::size_of::<(u64, Last)>() + 8);
         ModelStats {
-            states: self.states.len(),
+            states: self.states,
             transitions,
             clients: self.clients.len(),
             approx_bytes: bytes,
@@ -480,11 +728,36 @@ impl Markov {
 
     /// The state table as JSON (client positions are not saved: they are short-lived).
     pub fn to_json(&self) -> Result<String, serde_json::Error> {
-        let snap = SnapshotRef {
+        let key = |id: Id| -> &str { &self.nodes[id as usize].key };
+        let states = self
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let st = n.state.as_ref()?;
+                let succ = st
+                    .succ
+                    .iter()
+                    .map(|s| SnapSucc {
+                        to: key(s.to),
+                        count: s.count,
+                        issued: s.issued,
+                        used: s.used,
+                    })
+                    .collect();
+                Some((
+                    &*n.key,
+                    SnapState {
+                        total: st.total,
+                        updated_ms: st.updated_ms,
+                        succ,
+                    },
+                ))
+            })
+            .collect();
+        serde_json::to_string(&SnapshotRef {
             version: SNAPSHOT_VERSION,
-            states: &self.states,
-        };
-        serde_json::to_string(&snap)
+            states,
+        })
     }
 
     /// Replace the state table with a saved one (capped at `max_states`).
@@ -496,7 +769,10 @@ impl Markov {
                 snap.version
             ));
         }
-        self.states.clear();
+        for node in &mut self.nodes {
+            node.state = None;
+        }
+        self.states = 0;
         self.merge_states(snap.states);
         Ok(())
     }
@@ -508,15 +784,28 @@ impl Markov {
         Ok(())
     }
 
-    fn merge_states(&mut self, states: Map<String, State>) {
+    fn merge_states(&mut self, states: Map<String, SnapState<String>>) {
+        self.maybe_collect();
         let top = self.settings.top_successors.max(1);
-        for (key, mut incoming) in states {
-            if !self.states.contains_key(&key) {
+        for (key, incoming) in states {
+            let id = self.intern(&key);
+            let succ: Vec<Succ> = incoming
+                .succ
+                .iter()
+                .map(|s| Succ {
+                    to: self.intern(&s.to),
+                    count: s.count,
+                    issued: s.issued,
+                    used: s.used,
+                })
+                .collect();
+            if self.nodes[id as usize].state.is_none() {
                 self.make_room();
+                self.states += 1;
             }
             self.tick += 1;
             let tick = self.tick;
-            let st = self.states.entry(key).or_insert_with(|| State {
+            let st = self.nodes[id as usize].state.get_or_insert_with(|| State {
                 total: 0.0,
                 updated_ms: incoming.updated_ms,
                 succ: Vec::new(),
@@ -525,7 +814,7 @@ impl Markov {
             st.total += incoming.total;
             st.updated_ms = st.updated_ms.max(incoming.updated_ms);
             st.last_used = tick;
-            for s in incoming.succ.drain(..) {
+            for s in succ {
                 match st.succ.iter_mut().find(|x| x.to == s.to) {
                     Some(x) => {
                         x.count += s.count;
@@ -541,27 +830,23 @@ impl Markov {
     }
 }
 
-#[derive(Serialize)]
-struct SnapshotRef<'a> {
-    version: u32,
-    states: &'a Map<String, State>,
-}
-
 /// Enough evidence (decayed counts, so "about `min_samples`") and precision under the floor.
 fn suppressed(s: &Succ, floor: f32, min_samples: f32) -> bool {
     s.issued + 0.5 >= min_samples && s.used < floor * s.issued
 }
 
-fn push(out: &mut Vec<Prediction>, pq: String, p: f32, from: &str, to: &str) {
+/// Add a candidate, or credit the one already predicting the same URL (no allocation then).
+fn push(out: &mut Vec<Prediction>, pq: &str, p: f32, credit: Credit, epoch: u64) {
     match out.iter_mut().find(|x| x.pq == pq) {
         Some(x) => {
             x.p = x.p.max(p);
-            x.credits.push((from.to_owned(), to.to_owned()));
+            x.credits.push(credit);
         }
         None => out.push(Prediction {
-            pq,
+            pq: pq.to_owned(),
             p,
-            credits: vec![(from.to_owned(), to.to_owned())],
+            credits: Credits::one(credit),
+            epoch,
         }),
     }
 }
@@ -608,23 +893,41 @@ pub fn template(pq: &str) -> (String, Vec<&str>) {
 
 /// [`template`] appended to `out`, the ids as byte ranges of `pq` in `ids` (cleared first).
 fn template_into(pq: &str, out: &mut String, ids: &mut Vec<Range<usize>>) {
+    id_ranges(pq, ids);
+    template_from(pq, ids, out);
+}
+
+/// The ids of `pq` as byte ranges, in order (`ids` is cleared first).
+fn id_ranges(pq: &str, ids: &mut Vec<Range<usize>>) {
     let b = pq.as_bytes();
     ids.clear();
     let mut i = 0;
-    let mut copied = 0;
     while i < b.len() {
-        let boundary_before = i == 0 || !b[i - 1].is_ascii_alphanumeric();
-        if boundary_before && b[i].is_ascii_hexdigit() {
+        if !b[i].is_ascii_alphanumeric() {
+            i += 1;
+            continue;
+        }
+        // `i` starts a run of letters and digits: only there can an id start.
+        if b[i].is_ascii_hexdigit() {
             if let Some(len) = id_at(&b[i..]) {
-                out.push_str(&pq[copied..i]);
-                out.push_str(ID);
                 ids.push(i..i + len);
                 i += len;
-                copied = i;
                 continue;
             }
         }
-        i += 1;
+        while i < b.len() && b[i].is_ascii_alphanumeric() {
+            i += 1;
+        }
+    }
+}
+
+/// `pq` with the `ids` ranges replaced by `{id}`, appended to `out`.
+fn template_from(pq: &str, ids: &[Range<usize>], out: &mut String) {
+    let mut copied = 0;
+    for id in ids {
+        out.push_str(&pq[copied..id.start]);
+        out.push_str(ID);
+        copied = id.end;
     }
     out.push_str(&pq[copied..]);
 }
@@ -657,7 +960,8 @@ fn id_at(s: &[u8]) -> Option<usize> {
     let digits = |from: usize| s[from..].iter().take_while(|c| c.is_ascii_digit()).count();
     let first = digits(0);
     if first > 0 {
-        let mut ends_at = vec![first];
+        // The longest run of groups that ends on a boundary.
+        let mut longest = ends(first).then_some(first);
         let mut n = first;
         while s.get(n) == Some(&b'-') {
             let d = digits(n + 1);
@@ -665,10 +969,12 @@ fn id_at(s: &[u8]) -> Option<usize> {
                 break;
             }
             n += 1 + d;
-            ends_at.push(n);
+            if ends(n) {
+                longest = Some(n);
+            }
         }
-        if let Some(&e) = ends_at.iter().rev().find(|&&e| ends(e)) {
-            return Some(e);
+        if longest.is_some() {
+            return longest;
         }
     }
     // Long hex with at least one digit.
@@ -680,39 +986,48 @@ fn id_at(s: &[u8]) -> Option<usize> {
 }
 
 /// [`fill`] with the ids given as byte ranges of `pq`.
-fn fill_ranges(template: &str, pq: &str, ids: &[Range<usize>]) -> Option<String> {
-    let slots = template.matches(ID).count();
-    if slots != ids.len() {
-        return None;
+/// Into `out` (cleared first; reused, so no allocation once grown), in one pass over the
+/// template; `false` if the slot count differs.
+fn fill_ranges(template: &str, pq: &str, ids: &[Range<usize>], out: &mut String) -> bool {
+    out.clear();
+    let mut ids = ids.iter();
+    let mut copied = 0;
+    for at in slots(template) {
+        let Some(id) = ids.next().and_then(|id| pq.get(id.clone())) else {
+            return false;
+        };
+        out.push_str(&template[copied..at]);
+        out.push_str(id);
+        copied = at + ID.len();
     }
-    let mut out = String::with_capacity(template.len() + pq.len());
-    let mut rest = template;
-    for id in ids {
-        let at = rest.find(ID)?;
-        out.push_str(&rest[..at]);
-        out.push_str(pq.get(id.clone())?);
-        rest = &rest[at + ID.len()..];
+    if ids.next().is_some() {
+        return false;
     }
-    out.push_str(rest);
-    Some(out)
+    out.push_str(&template[copied..]);
+    true
+}
+
+/// Byte offsets of the `{id}` slots of a template, as `match_indices(ID)` finds them (`{id}`
+/// cannot overlap itself), without building a substring searcher on every call.
+fn slots(template: &str) -> impl Iterator<Item = usize> + '_ {
+    let b = template.as_bytes();
+    (0..b.len()).filter(move |&i| b[i] == b'{' && b[i..].starts_with(ID.as_bytes()))
 }
 
 /// A template made concrete with `ids`; `None` if the slot count differs.
 pub fn fill(template: &str, ids: &[&str]) -> Option<String> {
-    let slots = template.matches(ID).count();
-    if slots != ids.len() {
+    if slots(template).count() != ids.len() {
         return None;
     }
     let mut out =
         String::with_capacity(template.len() + ids.iter().map(|i| i.len()).sum::<usize>());
-    let mut rest = template;
-    for id in ids {
-        let at = rest.find(ID)?;
-        out.push_str(&rest[..at]);
+    let mut copied = 0;
+    for (at, id) in slots(template).zip(ids) {
+        out.push_str(&template[copied..at]);
         out.push_str(id);
-        rest = &rest[at + ID.len()..];
+        copied = at + ID.len();
     }
-    out.push_str(rest);
+    out.push_str(&template[copied..]);
     Some(out)
 }
 
@@ -749,6 +1064,45 @@ mod tests {
     }
 
     #[test]
+    fn id_scan_skipping_runs_matches_a_per_byte_scan() {
+        // The scan before it skipped whole runs of letters and digits.
+        fn per_byte(pq: &str) -> Vec<Range<usize>> {
+            let (b, mut ids, mut i) = (pq.as_bytes(), Vec::new(), 0);
+            while i < b.len() {
+                let boundary_before = i == 0 || !b[i - 1].is_ascii_alphanumeric();
+                if boundary_before && b[i].is_ascii_hexdigit() {
+                    if let Some(len) = id_at(&b[i..]) {
+                        ids.push(i..i + len);
+                        i += len;
+                        continue;
+                    }
+                }
+                i += 1;
+            }
+            ids
+        }
+        let alphabet = b"0123456789abcdefxyz-/?=._";
+        let mut x: u64 = 7;
+        let mut ids = Vec::new();
+        for _ in 0..20_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = (x >> 58) as usize;
+            let pq: String = (0..len)
+                .map(|j| {
+                    let r = x.rotate_left(7 * j as u32) >> 40;
+                    alphabet[r as usize % alphabet.len()] as char
+                })
+                .collect();
+            id_ranges(&pq, &mut ids);
+            assert_eq!(ids, per_byte(&pq), "{pq}");
+            let (t, found) = template(&pq);
+            assert_eq!(fill(&t, &found).as_deref(), Some(pq.as_str()), "{pq}");
+        }
+    }
+
+    #[test]
     fn fill_is_the_inverse_of_template() {
         let (t, ids) = template("/users/7/orders/9");
         assert_eq!(fill(&t, &ids).as_deref(), Some("/users/7/orders/9"));
@@ -770,7 +1124,16 @@ mod tests {
 
     #[test]
     fn observe_predict_is_observe_then_predict() {
-        let (mut a, mut b) = (model(), model());
+        // Few states, so that states are dropped and their keys collected on the way.
+        let small = || {
+            Markov::new(ModelSettings {
+                max_states: 256,
+                idle_gap_ms: 1000,
+                half_life_ms: 10_000,
+                ..ModelSettings::default()
+            })
+        };
+        let (mut a, mut b) = (small(), small());
         let paths = [
             "/users/1",
             "/users/1/orders",
@@ -778,8 +1141,15 @@ mod tests {
             "/users/2",
             "/users/2/orders",
         ];
-        for i in 0..200u64 {
-            let (client, pq) = (i % 3, paths[(i * 7 % 5) as usize]);
+        for i in 0..20_000u64 {
+            // One-off URLs now and then.
+            let one_off = format!("/x/{i}/y");
+            let pq = if i % 4 == 3 {
+                one_off.as_str()
+            } else {
+                paths[(i * 7 % 5) as usize]
+            };
+            let client = i % 3;
             a.observe(client, "h", pq, i * 50);
             let want = a.predict("h", pq, i * 50, 2, 0.1);
             assert_eq!(b.observe_predict(client, "h", pq, i * 50, 2, 0.1), want);
@@ -788,6 +1158,52 @@ mod tests {
             serde_json::from_str(&m.to_json().unwrap_or_default()).unwrap_or_default()
         };
         assert_eq!(table(&a), table(&b));
+        assert!(a.epoch > 0, "keys were collected");
+    }
+
+    #[test]
+    fn collecting_unreferenced_keys_keeps_the_model() {
+        let mut m = model();
+        m.observe(1, "h", "/a", 0);
+        m.observe(1, "h", "/b", 10);
+        let before = m.predict("h", "/a", 20, 1, 0.5);
+        // One-off URLs, each after the idle gap: no transitions, only keys to forget.
+        for i in 0..5000u64 {
+            m.observe(2, "h", &format!("/once/{i}"), 10_000 + i * 2000);
+        }
+        assert!(m.epoch > 0);
+        assert!(
+            m.nodes.len() < MIN_COLLECT_AT,
+            "{} keys kept",
+            m.nodes.len()
+        );
+        assert!(
+            m.credit_keys(&before[0]).is_empty(),
+            "stale ids are not credited"
+        );
+        let after = m.predict("h", "/a", 20, 1, 0.5);
+        assert_eq!(after[0].pq, "/b");
+        let credits = m.credit_keys(&after[0]);
+        assert_eq!(credits.len(), 2);
+        assert!(credits.contains(&("rh/a".to_owned(), "rh/b".to_owned())));
+    }
+
+    #[test]
+    fn loads_a_state_file_written_before_interning() {
+        let v1 = r#"{"version":1,"states":{
+            "rh/users/7":{"total":2.0,"updated_ms":10,"succ":[{"to":"rh/users/7/orders","count":2.0,"issued":1.0,"used":1.0}]},
+            "th/users/{id}":{"total":2.0,"updated_ms":10,"succ":[{"to":"th/users/{id}/orders","count":2.0}]}}}"#;
+        let mut m = model();
+        m.load_json(v1).unwrap_or_default();
+        let value = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap_or_default();
+        let mut want = value(v1);
+        want["states"]["th/users/{id}"]["succ"][0]["issued"] = 0.0.into();
+        want["states"]["th/users/{id}"]["succ"][0]["used"] = 0.0.into();
+        assert_eq!(value(&m.to_json().unwrap_or_default()), want);
+        let p = m.predict("h", "/users/9", 20, 1, 0.5);
+        assert_eq!(p[0].pq, "/users/9/orders");
+        let p = m.predict("h", "/users/7", 20, 1, 0.5);
+        assert_eq!(m.credit_keys(&p[0]).len(), 2);
     }
 
     #[test]
@@ -810,7 +1226,8 @@ mod tests {
         let p = m.predict("h", "/users/7", 40, 1, 0.5);
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].pq, "/users/7/orders");
-        assert!(p[0].credits.iter().any(|(from, _)| from.starts_with('t')));
+        let credits = m.credit_keys(&p[0]);
+        assert!(credits.iter().any(|(from, _)| from.starts_with('t')));
     }
 
     #[test]
@@ -819,9 +1236,10 @@ mod tests {
         m.observe(1, "h", "/a", 0);
         m.observe(1, "h", "/b", 10);
         let p = m.predict("h", "/a", 20, 1, 0.5);
-        assert_eq!(p[0].credits.len(), 2, "URL and template both predict /b");
+        let credits = m.credit_keys(&p[0]);
+        assert_eq!(credits.len(), 2, "URL and template both predict /b");
         for _ in 0..4 {
-            for (from, to) in &p[0].credits {
+            for (from, to) in &credits {
                 m.record_outcome(from, to, false, 30);
             }
         }

@@ -578,10 +578,12 @@ impl<S: Source> Worker<S> {
             return;
         };
         self.tokens -= 1.0;
+        // The transitions' keys as strings only now that the prefetch is issued.
+        let credits = self.shared.model.lock().credit_keys(&pred);
         self.shared.pending.lock().insert(
             key,
             Pending {
-                credits: pred.credits,
+                credits,
                 stored: false,
                 deadline_ms: now + self.use_window_ms,
             },
