@@ -293,10 +293,14 @@ impl Proxy {
                 }
                 (Served::Fetched, (CacheStatus::Miss, resp))
             }
-            Outcome::Coalesced(e) => (
-                Served::Coalesced,
-                (CacheStatus::Miss, self.respond(&e, parts, at)),
-            ),
+            Outcome::Coalesced { entry, revalidated } => {
+                let status = if revalidated {
+                    CacheStatus::Revalidated
+                } else {
+                    CacheStatus::Miss
+                };
+                (Served::Coalesced, (status, self.respond(&entry, parts, at)))
+            }
             Outcome::Revalidated(e) => (
                 Served::Fetched,
                 (CacheStatus::Revalidated, self.respond(&e, parts, at)),

@@ -302,6 +302,32 @@ async fn only_if_cached_never_goes_upstream() {
 
 // ───────────────────────────── validation (§4.3) ─────────────────────────────
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_waiting_on_a_revalidation_are_labelled_revalidated() {
+    let (up, proxy) = start("").await;
+    let p = pq(
+        "/rv",
+        &[
+            ("cc", "max-age=10"),
+            ("h_etag", "\"v1\""),
+            ("validate", "1"),
+            ("delay_ms", "300"),
+        ],
+    );
+    assert_eq!(get(&proxy.url(&p)).await.x_cache(), "MISS");
+    proxy.clock.advance(secs(11));
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let url = proxy.url(&p);
+            tokio::spawn(async move { get(&url).await.x_cache().to_owned() })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), "REVALIDATED");
+    }
+    assert_eq!(up.count(&p), 2, "one conditional request for all ten");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_entry_is_revalidated_and_freshened_by_304() {
     let (up, proxy) = start("").await;

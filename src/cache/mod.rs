@@ -105,8 +105,12 @@ pub enum Outcome {
     HitL2(Arc<Entry>),
     /// Fetched by this caller and stored.
     Miss(Arc<Entry>),
-    /// Fetched by a concurrent request this caller waited for.
-    Coalesced(Arc<Entry>),
+    /// Fetched by a concurrent request this caller waited for; `revalidated`: that fetch was a
+    /// revalidation answered 304 (so the response is labelled `REVALIDATED`, not `MISS`).
+    Coalesced {
+        entry: Arc<Entry>,
+        revalidated: bool,
+    },
     /// A stale entry, revalidated upstream with a 304 and stored again.
     Revalidated(Arc<Entry>),
     /// Served stale; `refresh`: the caller should start a background refresh
@@ -123,8 +127,9 @@ pub enum Outcome {
 #[derive(Clone)]
 enum Flight {
     Pending,
-    /// Stored, under this key (a variant key when the response varies).
-    Stored(Arc<Entry>, CacheKey),
+    /// Stored, under this key (a variant key when the response varies); `true` when the
+    /// fetch was a revalidation answered 304.
+    Stored(Arc<Entry>, CacheKey, bool),
     FromL2(Arc<Entry>),
     Stale(Arc<Entry>),
     Pass,
@@ -362,12 +367,12 @@ impl Cache {
                     return match fetch().await {
                         Fetched::Stored(entry) => {
                             let at = self.store(primary, headers, entry.clone());
-                            guard.finish(Flight::Stored(entry.clone(), at));
+                            guard.finish(Flight::Stored(entry.clone(), at, false));
                             Outcome::Miss(entry)
                         }
                         Fetched::Revalidated(entry) => {
                             let at = self.store(primary, headers, entry.clone());
-                            guard.finish(Flight::Stored(entry.clone(), at));
+                            guard.finish(Flight::Stored(entry.clone(), at, true));
                             Outcome::Revalidated(entry)
                         }
                         Fetched::Stale(entry) => {
@@ -408,18 +413,18 @@ impl Cache {
                         }
                     };
                     match flight {
-                        Flight::Stored(_, at) if at != self.variant_key(&primary, headers) => {
+                        Flight::Stored(_, at, _) if at != self.variant_key(&primary, headers) => {
                             // The leader's response selected another variant than ours.
                             key = self.variant_key(&primary, headers);
                         }
-                        Flight::Stored(entry, _) | Flight::Stale(entry)
+                        Flight::Stored(entry, _, _) | Flight::Stale(entry)
                             if !want.accepts_fetched(&entry) =>
                         {
                             return self.fetch_alone(primary, headers, &fetch).await;
                         }
-                        Flight::Stored(entry, _) => {
+                        Flight::Stored(entry, _, revalidated) => {
                             self.metrics.coalesced.increment(1);
-                            return Outcome::Coalesced(entry);
+                            return Outcome::Coalesced { entry, revalidated };
                         }
                         Flight::FromL2(entry) => {
                             // Fresh for the leader's request; this one may ask for more

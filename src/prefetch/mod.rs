@@ -614,7 +614,7 @@ impl<S: Source> Worker<S> {
                 Outcome::Hit(_)
                 | Outcome::HitL2(_)
                 | Outcome::Stale { .. }
-                | Outcome::Coalesced(_) => {
+                | Outcome::Coalesced { .. } => {
                     pending.remove(&key);
                 }
                 Outcome::Pass(_) | Outcome::Failed(_) => {
