@@ -309,22 +309,8 @@ impl Cache {
         // re-selects: retry a bounded number of times.
         for _ in 0..3 {
             if let Some(entry) = self.memory.get(&key) {
-                let now = self.clock.now_ms();
-                match policy::usable(&entry, &want.directives, want.authorization, now) {
-                    Use::Fresh => return Outcome::Hit(entry),
-                    Use::Stale if want.allow_stale => {
-                        return Outcome::Stale {
-                            entry,
-                            refresh: false,
-                        }
-                    }
-                    Use::StaleWhileRevalidate if want.allow_stale => {
-                        return Outcome::Stale {
-                            entry,
-                            refresh: true,
-                        }
-                    }
-                    _ => {}
+                if let Some(answer) = self.answer_from(entry, want) {
+                    return answer;
                 }
             }
             if self.pass_marked(&key) {
@@ -339,26 +325,14 @@ impl Cache {
                     // in for a failing upstream.
                     if key == primary {
                         if let Some(entry) = self.l2_lookup(&key).await {
-                            let now = self.clock.now_ms();
-                            match policy::usable(&entry, &want.directives, want.authorization, now)
-                            {
-                                Use::Fresh => {
+                            match self.answer_from(entry, want) {
+                                Some(Outcome::Hit(entry)) => {
                                     guard.finish(Flight::FromL2(entry.clone()));
                                     return Outcome::HitL2(entry);
                                 }
-                                Use::Stale if want.allow_stale => {
+                                Some(Outcome::Stale { entry, refresh }) => {
                                     guard.finish(Flight::Stale(entry.clone()));
-                                    return Outcome::Stale {
-                                        entry,
-                                        refresh: false,
-                                    };
-                                }
-                                Use::StaleWhileRevalidate if want.allow_stale => {
-                                    guard.finish(Flight::Stale(entry.clone()));
-                                    return Outcome::Stale {
-                                        entry,
-                                        refresh: true,
-                                    };
+                                    return Outcome::Stale { entry, refresh };
                                 }
                                 _ => {}
                             }
@@ -412,10 +386,11 @@ impl Cache {
                             return self.fetch_alone(primary, headers, &fetch).await;
                         }
                     };
+                    let mine = self.variant_key(&primary, headers);
                     match flight {
-                        Flight::Stored(_, at, _) if at != self.variant_key(&primary, headers) => {
+                        Flight::Stored(_, at, _) if at != mine => {
                             // The leader's response selected another variant than ours.
-                            key = self.variant_key(&primary, headers);
+                            key = mine;
                         }
                         Flight::Stored(entry, _, _) | Flight::Stale(entry)
                             if !want.accepts_fetched(&entry) =>
@@ -462,6 +437,26 @@ impl Cache {
             }
         }
         self.fetch_alone(primary, headers, &fetch).await
+    }
+
+    /// How a stored `entry` answers a request that wants `want` without going upstream:
+    /// fresh ([`Outcome::Hit`]), or stale where the request allows it ([`Outcome::Stale`],
+    /// with a background refresh inside `stale-while-revalidate`). `None`: it must not answer
+    /// (it is what the fetch revalidates, or stands in for a failing upstream).
+    fn answer_from(&self, entry: Arc<Entry>, want: &Want) -> Option<Outcome> {
+        let now = self.clock.now_ms();
+        match policy::usable(&entry, &want.directives, want.authorization, now) {
+            Use::Fresh => Some(Outcome::Hit(entry)),
+            Use::Stale if want.allow_stale => Some(Outcome::Stale {
+                entry,
+                refresh: false,
+            }),
+            Use::StaleWhileRevalidate if want.allow_stale => Some(Outcome::Stale {
+                entry,
+                refresh: true,
+            }),
+            _ => None,
+        }
     }
 
     /// Fetch without joining a flight (after a pass, a timeout, or for a pass-marked key).

@@ -315,11 +315,8 @@ impl Markov {
     /// Learn from `client` asking for `host` + `pq` at `now_ms`: the transition from the
     /// client's previous request (unless the idle gap passed), at both granularities.
     pub fn observe(&mut self, client: u64, host: &str, pq: &str, now_ms: u64) {
-        self.maybe_collect();
-        let mut keys = std::mem::take(&mut self.scratch);
-        let (raw, tmpl) = self.intern_request(&mut keys, host, pq);
-        self.observe_ids(client, raw, tmpl, now_ms);
-        self.scratch = keys;
+        // k = 0: learn only (predicting nothing touches no state).
+        self.observe_predict(client, host, pq, now_ms, 0, 1.0);
     }
 
     /// [`Markov::observe`] then [`Markov::predict`] for the same request, what the prefetch
