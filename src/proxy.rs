@@ -270,12 +270,11 @@ impl Proxy {
             };
             self.fetch_for_store(route, target, key, Some(&leader_only))
         };
-        let outcome = self
+        // `at`: where the answering entry is stored (the variant, when responses vary).
+        let (outcome, at) = self
             .cache
             .lookup_or_fetch_for(key, &parts.headers, &want, fetch)
             .await;
-        // Where the entry is stored: the variant this request selects, when responses vary.
-        let at = self.cache.variant_key(&key, &parts.headers);
         let (served, out) = match outcome {
             Outcome::Hit(e) => (Served::Hit, (CacheStatus::Hit, self.respond(&e, parts, at))),
             Outcome::HitL2(e) => {

@@ -281,6 +281,7 @@ impl Cache {
     {
         self.lookup_or_fetch_for(key, headers, &Want::default(), fetch)
             .await
+            .0
     }
 
     /// Serve the request's variant of `primary` from L1 when the entry may answer a request
@@ -293,38 +294,61 @@ impl Cache {
     /// share (the first response for a URL, or an origin that changed its `Vary`), each
     /// waiter re-selects its own variant and joins (or leads) that variant's flight, so a
     /// burst of requests in three languages makes three upstream requests, not one or many.
+    ///
+    /// Also returns the key the answering entry is stored under (the variant, when responses
+    /// vary), for the response path's per-entry state.
     pub async fn lookup_or_fetch_for<F, Fut>(
         &self,
         primary: CacheKey,
         headers: &http::HeaderMap,
         want: &Want,
         fetch: F,
+    ) -> (Outcome, CacheKey)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Fetched>,
+    {
+        let mut at = self.variant_key(&primary, headers);
+        let outcome = self
+            .lookup_at(primary, headers, want, &fetch, &mut at)
+            .await;
+        (outcome, at)
+    }
+
+    /// [`Cache::lookup_or_fetch_for`], with `key` the key to look under, updated to wherever
+    /// the answer ends up stored.
+    async fn lookup_at<F, Fut>(
+        &self,
+        primary: CacheKey,
+        headers: &http::HeaderMap,
+        want: &Want,
+        fetch: &F,
+        key: &mut CacheKey,
     ) -> Outcome
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Fetched>,
     {
-        let mut key = self.variant_key(&primary, headers);
         // A leader that vanished (cancelled) hands over, and a waiter of another variant
         // re-selects: retry a bounded number of times.
         for _ in 0..3 {
-            if let Some(entry) = self.memory.get(&key) {
+            if let Some(entry) = self.memory.get(key) {
                 if let Some(answer) = self.answer_from(entry, want) {
                     return answer;
                 }
             }
-            if self.pass_marked(&key) {
-                return self.fetch_alone(primary, headers, &fetch).await;
+            if self.pass_marked(key) {
+                return self.fetch_alone(primary, headers, fetch, key).await;
             }
-            match self.join(key) {
+            match self.join(*key) {
                 Role::Leader(guard) => {
                     // L2 holds entries under primary keys only (see `store`). What it has is
                     // promoted into L1 and judged like an L1 entry: fresh answers at once; a
                     // stale one within its window is served stale (and refreshed) when the
                     // request allows; otherwise it is what the fetch revalidates, or stands
                     // in for a failing upstream.
-                    if key == primary {
-                        if let Some(entry) = self.l2_lookup(&key).await {
+                    if *key == primary {
+                        if let Some(entry) = self.l2_lookup(key).await {
                             match self.answer_from(entry, want) {
                                 Some(Outcome::Hit(entry)) => {
                                     guard.finish(Flight::FromL2(entry.clone()));
@@ -340,13 +364,13 @@ impl Cache {
                     }
                     return match fetch().await {
                         Fetched::Stored(entry) => {
-                            let at = self.store(primary, headers, entry.clone());
-                            guard.finish(Flight::Stored(entry.clone(), at, false));
+                            *key = self.store(primary, headers, entry.clone());
+                            guard.finish(Flight::Stored(entry.clone(), *key, false));
                             Outcome::Miss(entry)
                         }
                         Fetched::Revalidated(entry) => {
-                            let at = self.store(primary, headers, entry.clone());
-                            guard.finish(Flight::Stored(entry.clone(), at, true));
+                            *key = self.store(primary, headers, entry.clone());
+                            guard.finish(Flight::Stored(entry.clone(), *key, true));
                             Outcome::Revalidated(entry)
                         }
                         Fetched::Stale(entry) => {
@@ -358,7 +382,7 @@ impl Cache {
                         }
                         Fetched::Pass { response, remember } => {
                             if remember {
-                                self.mark_pass(key);
+                                self.mark_pass(*key);
                             }
                             guard.finish(Flight::Pass);
                             Outcome::Pass(response)
@@ -383,19 +407,19 @@ impl Cache {
                         Ok(Err(_)) => Flight::Abandoned,
                         Err(_) => {
                             tracing::debug!(key = %key, "coalesce wait timed out; fetching alone");
-                            return self.fetch_alone(primary, headers, &fetch).await;
+                            return self.fetch_alone(primary, headers, fetch, key).await;
                         }
                     };
                     let mine = self.variant_key(&primary, headers);
                     match flight {
                         Flight::Stored(_, at, _) if at != mine => {
                             // The leader's response selected another variant than ours.
-                            key = mine;
+                            *key = mine;
                         }
                         Flight::Stored(entry, _, _) | Flight::Stale(entry)
                             if !want.accepts_fetched(&entry) =>
                         {
-                            return self.fetch_alone(primary, headers, &fetch).await;
+                            return self.fetch_alone(primary, headers, fetch, key).await;
                         }
                         Flight::Stored(entry, _, revalidated) => {
                             self.metrics.coalesced.increment(1);
@@ -424,9 +448,11 @@ impl Cache {
                             self.metrics.coalesced.increment(1);
                             return Outcome::Failed(e);
                         }
-                        Flight::Pass => return self.fetch_alone(primary, headers, &fetch).await,
+                        Flight::Pass => {
+                            return self.fetch_alone(primary, headers, fetch, key).await
+                        }
                         Flight::Abandoned | Flight::Pending => {
-                            if let Some(entry) = self.lookup(&key) {
+                            if let Some(entry) = self.lookup(key) {
                                 if want.accepts_fetched(&entry) {
                                     return Outcome::Hit(entry);
                                 }
@@ -436,7 +462,7 @@ impl Cache {
                 }
             }
         }
-        self.fetch_alone(primary, headers, &fetch).await
+        self.fetch_alone(primary, headers, fetch, key).await
     }
 
     /// How a stored `entry` answers a request that wants `want` without going upstream:
@@ -460,11 +486,13 @@ impl Cache {
     }
 
     /// Fetch without joining a flight (after a pass, a timeout, or for a pass-marked key).
+    /// `at`: updated to the key a stored answer went under.
     async fn fetch_alone<F, Fut>(
         &self,
         primary: CacheKey,
         headers: &http::HeaderMap,
         fetch: &F,
+        at: &mut CacheKey,
     ) -> Outcome
     where
         F: Fn() -> Fut,
@@ -472,11 +500,11 @@ impl Cache {
     {
         match fetch().await {
             Fetched::Stored(entry) => {
-                self.store(primary, headers, entry.clone());
+                *at = self.store(primary, headers, entry.clone());
                 Outcome::Miss(entry)
             }
             Fetched::Revalidated(entry) => {
-                self.store(primary, headers, entry.clone());
+                *at = self.store(primary, headers, entry.clone());
                 Outcome::Revalidated(entry)
             }
             Fetched::Stale(entry) => Outcome::Stale {
