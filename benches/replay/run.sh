@@ -7,8 +7,8 @@
 #
 # Knobs (environment): SHARED (default ../shared), TRACES ("nasa edgar"), PCTS ("5"),
 # NASA_LIMIT/NASA_SPEEDUP (10000 / 150), EDGAR_LIMIT/EDGAR_SPEEDUP (10000 / 40),
-# LATENCY_MS (20), PF_THRESHOLD (0.3), PF_FLOOR (0.3) and PF_USE_WINDOW (60s, the shipped
-# default) ([prefetch] threshold, precision_floor, use_window), OUT (target/replay/<time>), MODES ("off on": which prefetch settings to run;
+# LATENCY_MS (20), PF_TOP_K (1), PF_THRESHOLD (0.3), PF_FLOOR (0.3) and PF_USE_WINDOW (60s, the
+# shipped default) ([prefetch] top_k, threshold, precision_floor, use_window), OUT (target/replay/<time>), MODES ("off on": which prefetch settings to run;
 # two invocations with the same OUT may split them), MAX_SECONDS (900, per replay), BIN (an
 # already-built augur binary; default: build target/release/augur here). An OUT that already
 # holds a calibration reuses it, so two invocations run at the same budgets.
@@ -26,6 +26,7 @@ LATENCY_MS=${LATENCY_MS:-20}
 OUT=${OUT:-$root/target/replay/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 MODES=${MODES:-"off on"}
+PF_TOP_K=${PF_TOP_K:-1}
 PF_THRESHOLD=${PF_THRESHOLD:-0.3}
 PF_FLOOR=${PF_FLOOR:-0.3}
 PF_USE_WINDOW=${PF_USE_WINDOW:-60s}
@@ -66,7 +67,7 @@ max_entry_size = $max_entry
 
 [prefetch]
 client_header = "X-Client-Id"
-top_k = 1
+top_k = $PF_TOP_K
 threshold = $PF_THRESHOLD
 precision_floor = $PF_FLOOR
 min_samples = 3
