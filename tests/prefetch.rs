@@ -229,6 +229,25 @@ async fn credentials_are_never_forwarded_unless_listed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefetch_gone_from_the_cache_before_its_window_ends_is_wasted_as_evicted() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(config(up.addr, PREFETCH)).await;
+    let (a, b, c) = (url("/a"), url("/b"), url("/c"));
+    get(&proxy.url(&a)).await;
+    get(&proxy.url(&b)).await; // learns a ─► b
+    purge(&proxy).await;
+    get(&proxy.url(&a)).await;
+    until("b prefetched", || up.count(&b) == 2).await;
+    settled(&proxy).await;
+    purge(&proxy).await; // b leaves the cache unused, well inside the 60 s use_window
+    proxy.clock.advance(Duration::from_secs(2)); // the worker sweeps at most once a second
+    get(&proxy.url(&c)).await;
+    until_metric(&proxy, "augur_prefetch_wasted_evicted_total", 1.0).await;
+    assert_eq!(metric(&proxy, "augur_prefetch_wasted_total").await, 1.0);
+    assert_eq!(metric(&proxy, "augur_prefetch_used_total").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn precision_floor_switches_a_noisy_transition_off() {
     let up = Upstream::start().await;
     let extra = "prefetch = true\n\n[prefetch]\nclient_header = \"x-client-id\"\nprecision_floor = 0.5\nmin_samples = 2\nuse_window = \"1s\"\nbudget = 1.0\nidle_gap = \"5s\"";
@@ -259,6 +278,12 @@ async fn precision_floor_switches_a_noisy_transition_off() {
     // Rounds 1 and 2 prefetch b; both are wasted; from round 3 the transition is off.
     assert_eq!(prefetched_b, vec![1, 2, 2, 2]);
     until_metric(&proxy, "augur_prefetch_wasted_total", 2.0).await;
+    // Each b was purged before the sweep that resolved it, but its window had ended by then:
+    // unused, not evicted.
+    assert_eq!(
+        metric(&proxy, "augur_prefetch_wasted_evicted_total").await,
+        0.0
+    );
     let t = get(&format!(
         "http://{}/prefetch/transitions?limit=50",
         proxy.admin

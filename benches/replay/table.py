@@ -41,8 +41,14 @@ def used_per_issued(m):
     return m.get("augur_prefetch_used_total", 0) / issued if issued else 0.0
 
 
+def evicted(m):
+    """Of the wasted, gone from the cache before their window ended ('-': a build without it)."""
+    v = m.get("augur_prefetch_wasted_evicted_total")
+    return "-" if v is None else str(int(v))
+
+
 hdr = (f"{'trace':<6} {'budget':>6} {'prefetch':>8} {'hit':>6} {'p50ms':>7} {'p99ms':>7} {'origin':>7} "
-       f"{'extra':>7} {'extra%':>7} {'issued':>7} {'used':>6} {'pfhit':>6} {'prec':>5} {'u/iss':>5} {'gain':>7} {'offline':>8}")
+       f"{'extra':>7} {'extra%':>7} {'issued':>7} {'used':>6} {'pfhit':>6} {'wasted':>6} {'evict':>6} {'prec':>5} {'u/iss':>5} {'gain':>7} {'offline':>8}")
 print(hdr)
 for t in traces:
     for pct in pcts:
@@ -63,5 +69,6 @@ for t in traces:
             print(f"{t:<6} {pct + '%':>6} {pf:>8} {s['hit_ratio']:6.3f} {s['p50_ms']:7.2f} {s['p99_ms']:7.2f} "
                   f"{origin:7d} {extra if pf == 'on' else 0:7d} {(extra / n * 100 if pf == 'on' else 0):6.1f}% "
                   f"{int(m.get('augur_prefetch_issued_total', 0)):7d} {int(m.get('augur_prefetch_used_total', 0)):6d} {int(m.get('augur_prefetch_hits_total', 0)):6d} "
+                  f"{int(m.get('augur_prefetch_wasted_total', 0)):6d} {evicted(m):>6} "
                   f"{m.get('augur_prefetch_precision', 0):5.2f} {used_per_issued(m):5.2f} "
                   f"{(gain if pf == 'on' else 0):+7.3f} {offline:>8}")

@@ -107,6 +107,7 @@ struct PrefetchMetrics {
     used: Counter,
     hits: Counter,
     wasted: Counter,
+    wasted_evicted: Counter,
     failed: Counter,
     dropped_budget: Counter,
     dropped_concurrency: Counter,
@@ -147,6 +148,10 @@ impl PrefetchMetrics {
             wasted: c(
                 "augur_prefetch_wasted_total",
                 "Prefetched entries not used within use_window, or evicted or expired first.",
+            ),
+            wasted_evicted: c(
+                "augur_prefetch_wasted_evicted_total",
+                "Of the wasted: gone from the cache (evicted or purged) before their window ended.",
             ),
             failed: c(
                 "augur_prefetch_failed_total",
@@ -506,6 +511,11 @@ impl<S: Source> Worker<S> {
                 // Fetched again: the prefetched entry was evicted or expired first. (Still in
                 // flight means the client raced it to the flight: no verdict.)
                 Served::Fetched if p.stored => {
+                    // Before its deadline (which is never past the entry's freshness) it
+                    // cannot have expired: it was evicted or purged.
+                    if now < p.deadline_ms {
+                        self.shared.metrics.wasted_evicted.increment(1);
+                    }
                     self.shared.resolve(&p, false, now);
                     self.note(false);
                 }
@@ -650,16 +660,20 @@ impl<S: Source> Worker<S> {
         let cache = self.source.cache();
         let mut wasted = Vec::new();
         self.shared.pending.lock().retain(|key, p| {
-            let gone = p.stored && (p.deadline_ms <= now || !cache.contains_fresh(key));
+            let unused = p.stored && p.deadline_ms <= now;
+            let evicted = p.stored && !unused && !cache.contains_fresh(key);
             // In flight far too long (a stuck upstream): forget it.
             let stale = !p.stored && p.deadline_ms.saturating_add(60_000) <= now;
-            if gone {
-                wasted.push(std::mem::take(&mut p.credits));
+            if unused || evicted {
+                wasted.push((std::mem::take(&mut p.credits), evicted));
             }
-            !(gone || stale)
+            !(unused || evicted || stale)
         });
-        for credits in wasted {
+        for (credits, evicted) in wasted {
             self.note(false);
+            if evicted {
+                self.shared.metrics.wasted_evicted.increment(1);
+            }
             self.shared.resolve(
                 &Pending {
                     credits,
