@@ -152,8 +152,11 @@ impl RedisConfig {
 /// `[prefetch]`: Markov prefetching. Only routes with `prefetch = true` are prefetched.
 #[derive(Debug, Clone)]
 pub struct PrefetchConfig {
-    /// Client identity header; `None` = hash of `Authorization`, else the peer IP.
+    /// Client identity header; `None` = `client_cookie`, else a hash of `Authorization`, else
+    /// the peer IP.
     pub client_header: Option<HeaderName>,
+    /// Client identity cookie (by name, from the `Cookie` header), tried after `client_header`.
+    pub client_cookie: Option<String>,
     /// A client's sequence ends after this long without a request.
     pub idle_gap: Duration,
     /// Successors predicted per request (top-k).
@@ -184,6 +187,7 @@ impl Default for PrefetchConfig {
     fn default() -> Self {
         PrefetchConfig {
             client_header: None,
+            client_cookie: None,
             idle_gap: Duration::from_secs(300),
             top_k: 1,
             threshold: 0.3,
@@ -428,9 +432,12 @@ struct RawRedis {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawPrefetch {
-    /// Request header that identifies a client, e.g. `"X-Client-Id"`. Default: a hash of
-    /// `Authorization` when present, else the peer IP.
+    /// Request header that identifies a client, e.g. `"X-Client-Id"`. Default: `client_cookie`,
+    /// else a hash of `Authorization` when present, else the peer IP.
     client_header: Option<Human<HeaderName>>,
+    /// Cookie whose value identifies a client (e.g. `"session"`), used when `client_header`
+    /// is unset or absent. Default: none.
+    client_cookie: Option<String>,
     /// A client's request sequence ends after this long without a request. Default `"5m"`.
     idle_gap: Option<Human<Duration>>,
     /// Successors prefetched per request, 1..=8. Default 1.
@@ -923,8 +930,15 @@ fn build_prefetch(doc: &Doc, p: RawPrefetch) -> Result<PrefetchConfig, ConfigErr
             format!("{n} is out of range (must be 1..={max})"),
         )),
     };
+    if let Some(name) = p.client_cookie.as_deref().filter(|n| !is_cookie_name(n)) {
+        return Err(doc.err(
+            "prefetch.client_cookie",
+            format!("{name:?} is not a cookie name (letters, digits and !#$%&'*+-.^_`|~ only)"),
+        ));
+    }
     let c = PrefetchConfig {
         client_header: p.client_header.map(|h| h.0),
+        client_cookie: p.client_cookie,
         idle_gap: p.idle_gap.map_or(d.idle_gap, |h| h.0),
         top_k: count("top_k", p.top_k, d.top_k, 8)?,
         threshold: unit("threshold", p.threshold, d.threshold, false)?,
@@ -1088,4 +1102,12 @@ fn build_route(
         return Err(doc.err(&field("max_connections"), "must be at least 1"));
     }
     Ok(route)
+}
+
+/// An RFC 6265 cookie name: an RFC 9110 token (letters, digits and ``!#$%&'*+-.^_`|~``).
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

@@ -145,6 +145,12 @@ const BAD: &[(&str, &str, &str, &str)] = &[
     ),
     ("no_routes.toml", "1:1", "route", "no routes configured"),
     (
+        "prefetch_client_cookie.toml",
+        "2:17",
+        "prefetch.client_cookie",
+        "\"session id\" is not a cookie name",
+    ),
+    (
         "prefetch_threshold.toml",
         "2:13",
         "prefetch.threshold",

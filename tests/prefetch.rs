@@ -95,6 +95,26 @@ async fn trained_a_then_b_prefetches_b_and_the_client_hits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_are_told_apart_by_the_configured_cookie() {
+    let up = Upstream::start().await;
+    let extra = "prefetch = true\n\n[prefetch]\nclient_cookie = \"session\"";
+    let proxy = Proxy::start(config(up.addr, extra)).await;
+    let (a, b, x, y) = (url("/a"), url("/b"), url("/x"), url("/y"));
+    // Two clients interleaved from one address. By cookie they learn a ─► b and x ─► y; by
+    // address (or by the whole Cookie line, which changes with `theme`) they would learn a ─► x.
+    get_with(&proxy.url(&a), &[("cookie", "theme=1; session=s1")]).await;
+    get_with(&proxy.url(&x), &[("cookie", "session=s2")]).await;
+    get_with(&proxy.url(&b), &[("cookie", "session=s1;theme=2")]).await;
+    get_with(&proxy.url(&y), &[("cookie", "session=s2")]).await;
+    purge(&proxy).await;
+
+    get_with(&proxy.url(&a), &[("cookie", "session=s3")]).await;
+    until("b prefetched after a", || up.count(&b) == 2).await;
+    settled(&proxy).await;
+    assert_eq!(up.count(&x), 1, "x must not be predicted after a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_asking_while_the_prefetch_is_in_flight_waits_for_it() {
     let up = Upstream::start().await;
     let proxy = Proxy::start(config(up.addr, PREFETCH)).await;

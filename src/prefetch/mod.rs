@@ -239,6 +239,7 @@ pub struct Prefetcher {
     rx: Mutex<Option<mpsc::Receiver<Event>>>,
     shared: Arc<Shared>,
     client_header: Option<HeaderName>,
+    client_cookie: Option<String>,
     /// Union of every route's `prefetch_forward_headers`.
     forwardable: Vec<HeaderName>,
     /// Some route has `prefetch = true`.
@@ -303,6 +304,7 @@ impl Prefetcher {
                 wasted: AtomicU64::new(0),
             }),
             client_header: p.client_header.clone(),
+            client_cookie: p.client_cookie.clone(),
             forwardable,
             enabled: config.routes.iter().any(|r| r.prefetch),
             top_k: p.top_k,
@@ -357,7 +359,8 @@ impl Prefetcher {
         }
     }
 
-    /// The configured header, else a hash of `Authorization`, else the peer IP.
+    /// The configured header, else the configured cookie, else a hash of `Authorization`,
+    /// else the peer IP.
     fn client_id(&self, headers: &HeaderMap, peer: SocketAddr) -> u64 {
         let from = |tag: u8, v: &[u8]| {
             let mut h = blake3::Hasher::new();
@@ -370,6 +373,13 @@ impl Prefetcher {
         };
         if let Some(v) = self.client_header.as_ref().and_then(|n| headers.get(n)) {
             return from(0, v.as_bytes());
+        }
+        if let Some(v) = self
+            .client_cookie
+            .as_deref()
+            .and_then(|n| cookie(headers, n))
+        {
+            return from(3, v);
         }
         if let Some(v) = headers.get(header::AUTHORIZATION) {
             return from(1, v.as_bytes());
@@ -687,10 +697,49 @@ impl<S: Source> Worker<S> {
     }
 }
 
+/// The value of cookie `name` in the request's `Cookie` header lines (RFC 6265 §4.2: pairs
+/// separated by `;`), the first one if it is sent twice.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|line| line.as_bytes().split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+        })
+}
+
 /// Headers a prefetch sends besides the forwarded ones: marks it as a prefetch for the upstream.
 pub fn mark_prefetch(headers: &mut HeaderMap) {
     headers.insert(
         HeaderName::from_static("x-augur-prefetch"),
         HeaderValue::from_static("1"),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(lines: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for l in lines {
+            h.append(header::COOKIE, HeaderValue::from_str(l).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn cookie_finds_the_named_pair_only() {
+        let h = headers(&["xsession=1; session = s1 ;theme=dark", "session=s2"]);
+        assert_eq!(cookie(&h, "session"), Some(&b"s1"[..]));
+        assert_eq!(cookie(&h, "theme"), Some(&b"dark"[..]));
+        assert_eq!(cookie(&h, "xsession"), Some(&b"1"[..]));
+        assert_eq!(cookie(&h, "sess"), None);
+        assert_eq!(cookie(&headers(&["flag; other=1"]), "flag"), None);
+        assert_eq!(cookie(&headers(&["a=1", "b="]), "b"), Some(&b""[..]));
+        assert_eq!(cookie(&HeaderMap::new(), "session"), None);
+    }
 }
