@@ -359,8 +359,8 @@ impl Prefetcher {
         }
     }
 
-    /// The configured header, else the configured cookie, else a hash of `Authorization`,
-    /// else the peer IP.
+    /// The configured header, else the configured cookie (unless empty), else a hash of
+    /// `Authorization`, else the peer IP.
     fn client_id(&self, headers: &HeaderMap, peer: SocketAddr) -> u64 {
         let from = |tag: u8, v: &[u8]| {
             let mut h = blake3::Hasher::new();
@@ -378,6 +378,7 @@ impl Prefetcher {
             .client_cookie
             .as_deref()
             .and_then(|n| cookie(headers, n))
+            .filter(|v| !v.is_empty())
         {
             return from(3, v);
         }
@@ -741,5 +742,23 @@ mod tests {
         assert_eq!(cookie(&headers(&["flag; other=1"]), "flag"), None);
         assert_eq!(cookie(&headers(&["a=1", "b="]), "b"), Some(&b""[..]));
         assert_eq!(cookie(&HeaderMap::new(), "session"), None);
+    }
+
+    #[test]
+    fn client_id_uses_the_named_cookie_unless_it_is_empty() {
+        let text = "[prefetch]\nclient_cookie = \"session\"\n\n[[route]]\nname = \"api\"\n\
+                    upstream = \"http://127.0.0.1:9\"\nprefetch = true\n";
+        let config = Config::from_str(text, "test.toml").unwrap();
+        let p = Prefetcher::new(&config, &Metrics::new(&["api"]));
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let other_peer: SocketAddr = "127.0.0.2:5000".parse().unwrap();
+        let id = |lines: &[&str], peer| p.client_id(&headers(lines), peer);
+        assert_eq!(
+            id(&["theme=1; session=s1"], peer),
+            id(&["session=s1;theme=2"], other_peer)
+        );
+        assert_ne!(id(&["session=s1"], peer), id(&["session=s2"], peer));
+        assert_eq!(id(&["session="], peer), id(&[], peer));
+        assert_ne!(id(&["session="], peer), id(&["session="], other_peer));
     }
 }
