@@ -26,7 +26,7 @@ use http::{HeaderName, Method, Uri};
 use serde::Deserialize;
 
 use span::{Doc, SpanIndex};
-use units::{fmt_size, parse_size, ByteSize, Human, HumanUnit, RedisUrl};
+use units::{fmt_size, parse_size, ByteSize, CookieName, Human, HumanUnit, RedisUrl};
 
 // ───────────────────────────── validated types (the contract) ─────────────────────────────
 
@@ -437,7 +437,7 @@ struct RawPrefetch {
     client_header: Option<Human<HeaderName>>,
     /// Cookie whose value identifies a client (e.g. `"session"`), used when `client_header`
     /// is unset or absent. Default: none.
-    client_cookie: Option<String>,
+    client_cookie: Option<Human<CookieName>>,
     /// A client's request sequence ends after this long without a request. Default `"5m"`.
     idle_gap: Option<Human<Duration>>,
     /// Successors prefetched per request, 1..=8. Default 1.
@@ -930,15 +930,9 @@ fn build_prefetch(doc: &Doc, p: RawPrefetch) -> Result<PrefetchConfig, ConfigErr
             format!("{n} is out of range (must be 1..={max})"),
         )),
     };
-    if let Some(name) = p.client_cookie.as_deref().filter(|n| !is_cookie_name(n)) {
-        return Err(doc.err(
-            "prefetch.client_cookie",
-            format!("{name:?} is not a cookie name (letters, digits and !#$%&'*+-.^_`|~ only)"),
-        ));
-    }
     let c = PrefetchConfig {
         client_header: p.client_header.map(|h| h.0),
-        client_cookie: p.client_cookie,
+        client_cookie: p.client_cookie.map(|c| c.0 .0),
         idle_gap: p.idle_gap.map_or(d.idle_gap, |h| h.0),
         top_k: count("top_k", p.top_k, d.top_k, 8)?,
         threshold: unit("threshold", p.threshold, d.threshold, false)?,
@@ -1102,12 +1096,4 @@ fn build_route(
         return Err(doc.err(&field("max_connections"), "must be at least 1"));
     }
     Ok(route)
-}
-
-/// An RFC 6265 cookie name: an RFC 9110 token (letters, digits and ``!#$%&'*+-.^_`|~``).
-fn is_cookie_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

@@ -173,6 +173,25 @@ impl HumanUnit for HeaderName {
     }
 }
 
+/// A cookie name (RFC 6265: an RFC 9110 token).
+pub(super) struct CookieName(pub(super) String);
+
+impl HumanUnit for CookieName {
+    const EXPECTING: &'static str = r#"a cookie name such as "session""#;
+    fn parse(s: &str) -> Result<Self, String> {
+        let token = !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if token {
+            Ok(CookieName(s.to_owned()))
+        } else {
+            Err(format!(
+                "{s:?} is not a cookie name (letters, digits and !#$%&'*+-.^_`|~ only)"
+            ))
+        }
+    }
+}
+
 /// As an upstream URL: `http://HOST[:PORT][/BASE-PATH]`.
 impl HumanUnit for Uri {
     const EXPECTING: &'static str = r#"a URL such as "http://127.0.0.1:8081""#;
