@@ -521,15 +521,7 @@ impl<S: Source> Worker<S> {
                 }
                 // Fetched again: the prefetched entry was evicted or expired first. (Still in
                 // flight means the client raced it to the flight: no verdict.)
-                Served::Fetched if p.stored => {
-                    // Before its deadline (which is never past the entry's freshness) it
-                    // cannot have expired: it was evicted or purged.
-                    if now < p.deadline_ms {
-                        self.shared.metrics.wasted_evicted.increment(1);
-                    }
-                    self.shared.resolve(&p, false, now);
-                    self.note(false);
-                }
+                Served::Fetched if p.stored => self.waste(&p, now),
                 Served::Fetched => {}
             }
         }
@@ -671,30 +663,32 @@ impl<S: Source> Worker<S> {
         let cache = self.source.cache();
         let mut wasted = Vec::new();
         self.shared.pending.lock().retain(|key, p| {
-            let unused = p.stored && p.deadline_ms <= now;
-            let evicted = p.stored && !unused && !cache.contains_fresh(key);
-            // In flight far too long (a stuck upstream): forget it.
-            let stale = !p.stored && p.deadline_ms.saturating_add(60_000) <= now;
-            if unused || evicted {
-                wasted.push((std::mem::take(&mut p.credits), evicted));
+            if !p.stored {
+                // In flight far too long (a stuck upstream): forget it.
+                return now < p.deadline_ms.saturating_add(60_000);
             }
-            !(unused || evicted || stale)
+            let gone = p.deadline_ms <= now || !cache.contains_fresh(key);
+            if gone {
+                wasted.push(Pending {
+                    credits: std::mem::take(&mut p.credits),
+                    ..*p
+                });
+            }
+            !gone
         });
-        for (credits, evicted) in wasted {
-            self.note(false);
-            if evicted {
-                self.shared.metrics.wasted_evicted.increment(1);
-            }
-            self.shared.resolve(
-                &Pending {
-                    credits,
-                    stored: true,
-                    deadline_ms: now,
-                },
-                false,
-                now,
-            );
+        for p in &wasted {
+            self.waste(p, now);
         }
+    }
+
+    /// A stored prefetch nobody used. Before its deadline (which is never past the entry's
+    /// freshness) it cannot have expired: it was evicted or purged.
+    fn waste(&mut self, p: &Pending, now: u64) {
+        if now < p.deadline_ms {
+            self.shared.metrics.wasted_evicted.increment(1);
+        }
+        self.shared.resolve(p, false, now);
+        self.note(false);
     }
 }
 
