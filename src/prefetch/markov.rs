@@ -884,14 +884,9 @@ const ID: &str = "{id}";
 pub fn template(pq: &str) -> (String, Vec<&str>) {
     let mut out = String::with_capacity(pq.len());
     let mut ids = Vec::new();
-    template_into(pq, &mut out, &mut ids);
+    id_ranges(pq, &mut ids);
+    template_from(pq, &ids, &mut out);
     (out, ids.into_iter().map(|r| &pq[r]).collect())
-}
-
-/// [`template`] appended to `out`, the ids as byte ranges of `pq` in `ids` (cleared first).
-fn template_into(pq: &str, out: &mut String, ids: &mut Vec<Range<usize>>) {
-    id_ranges(pq, ids);
-    template_from(pq, ids, out);
 }
 
 /// The ids of `pq` as byte ranges, in order (`ids` is cleared first).
@@ -1013,19 +1008,15 @@ fn slots(template: &str) -> impl Iterator<Item = usize> + '_ {
 
 /// A template made concrete with `ids`; `None` if the slot count differs.
 pub fn fill(template: &str, ids: &[&str]) -> Option<String> {
-    if slots(template).count() != ids.len() {
-        return None;
+    let joined = ids.concat();
+    let mut ranges = Vec::with_capacity(ids.len());
+    let mut at = 0;
+    for id in ids {
+        ranges.push(at..at + id.len());
+        at += id.len();
     }
-    let mut out =
-        String::with_capacity(template.len() + ids.iter().map(|i| i.len()).sum::<usize>());
-    let mut copied = 0;
-    for (at, id) in slots(template).zip(ids) {
-        out.push_str(&template[copied..at]);
-        out.push_str(id);
-        copied = at + ID.len();
-    }
-    out.push_str(&template[copied..]);
-    Some(out)
+    let mut out = String::new();
+    fill_ranges(template, &joined, &ranges, &mut out).then_some(out)
 }
 
 #[cfg(test)]
