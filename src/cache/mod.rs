@@ -670,9 +670,9 @@ impl Cache {
             None => false,
         };
         self.pass_marks.lock().remove(key);
-        self.memory.remove(key);
+        self.remove(key);
         for variant in &variants {
-            self.memory.remove(variant);
+            self.remove(variant);
         }
         if in_l1 || in_l2 {
             self.metrics.cache_invalidated.increment(1);
@@ -701,8 +701,7 @@ impl Cache {
                 tracing::warn!(error = %e, "purge of everything did not reach Redis");
             }
         }
-        self.variants.clear();
-        self.memory.clear();
+        self.clear();
     }
 
     /// L2's state for `/readyz`; `None` without `[redis]`.
