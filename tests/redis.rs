@@ -63,6 +63,16 @@ fn keys(server: &RedisServer) -> Vec<Vec<u8>> {
         .unwrap()
 }
 
+/// Wait (up to 5 s) until the write-behind has put `n` entries in Redis.
+async fn written(redis: &RedisServer, n: usize) {
+    eventually(
+        Duration::from_secs(5),
+        &format!("write-behind of {n} entries to Redis"),
+        || async { keys(redis).len() == n },
+    )
+    .await;
+}
+
 /// Both instances subscribed to the invalidation channel (so a purge reaches them).
 async fn subscribed(conn: &mut redis::Connection, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -132,10 +142,7 @@ async fn two_instances_share_one_upstream_fetch() {
 
     let first = fetch(&a, &pq).await;
     assert_eq!((first.status.as_u16(), first.x_cache()), (200, "MISS"));
-    eventually(Duration::from_secs(5), "write-behind to Redis", || async {
-        keys(&redis).len() == 1
-    })
-    .await;
+    written(&redis, 1).await;
 
     let shared = fetch(&b, &pq).await;
     assert_eq!(shared.x_cache(), "HIT");
@@ -175,10 +182,7 @@ async fn promotion_keeps_the_remaining_lifetime() {
     let pq = format!("/ttl?{CACHED}");
 
     assert_eq!(fetch(&a, &pq).await.x_cache(), "MISS");
-    eventually(Duration::from_secs(5), "write-behind", || async {
-        keys(&redis).len() == 1
-    })
-    .await;
+    written(&redis, 1).await;
     clock.advance(Duration::from_secs(20));
     let promoted = fetch(&b, &pq).await;
     assert_eq!(promoted.header("x-cache-tier"), "L2");
@@ -224,10 +228,7 @@ async fn l2_keeps_the_stale_window_for_the_whole_fleet() {
 
     let swr = "/swr?cc=public%2C%20max-age%3D10%2C%20stale-while-revalidate%3D30";
     assert_eq!(fetch(&a, swr).await.x_cache(), "MISS");
-    eventually(Duration::from_secs(5), "write-behind", || async {
-        keys(&redis).len() == 1
-    })
-    .await;
+    written(&redis, 1).await;
     let ttl = pttl_ms(&redis);
     assert!(
         (35_000..=40_000).contains(&ttl),
@@ -246,10 +247,7 @@ async fn l2_keeps_the_stale_window_for_the_whole_fleet() {
 
     let sie = "/sie?cc=public%2C%20max-age%3D10%2C%20stale-if-error%3D60";
     assert_eq!(fetch(&a, sie).await.x_cache(), "MISS");
-    eventually(Duration::from_secs(5), "write-behind", || async {
-        keys(&redis).len() == 2
-    })
-    .await;
+    written(&redis, 2).await;
     clock.advance(Duration::from_secs(30));
     up.fail.store(503, std::sync::atomic::Ordering::SeqCst);
     let stood_in = fetch(&b, sie).await;
@@ -268,10 +266,7 @@ async fn l2_entries_obey_the_request_directives() {
     let (a, b, _clock) = two_on_one_clock(&redis, &up).await;
     let pq = "/nc?cc=public%2C%20max-age%3D60&h_etag=%22v1%22&validate=1";
     assert_eq!(fetch(&a, pq).await.x_cache(), "MISS");
-    eventually(Duration::from_secs(5), "write-behind", || async {
-        keys(&redis).len() == 1
-    })
-    .await;
+    written(&redis, 1).await;
     let got = common::get_with(&b.url(pq), &[("host", HOST), ("cache-control", "no-cache")]).await;
     assert_eq!(
         got.x_cache(),
@@ -289,10 +284,7 @@ async fn purge_on_one_instance_reaches_the_other() {
     subscribed(&mut redis.conn(), 2).await;
     let pq = format!("/p?{CACHED}");
     fetch(&a, &pq).await;
-    eventually(Duration::from_secs(5), "write-behind", || async {
-        keys(&redis).len() == 1
-    })
-    .await;
+    written(&redis, 1).await;
     assert_eq!(fetch(&b, &pq).await.x_cache(), "HIT");
     assert_eq!(entries(&b).await, 1);
 
@@ -308,10 +300,7 @@ async fn purge_on_one_instance_reaches_the_other() {
 
     // Purge of everything: Redis and both L1s.
     fetch(&a, &format!("/q?{CACHED}")).await;
-    eventually(Duration::from_secs(5), "write-behind", || async {
-        keys(&redis).len() == 2
-    })
-    .await;
+    written(&redis, 2).await;
     assert_eq!(fetch(&b, &format!("/q?{CACHED}")).await.x_cache(), "HIT");
     assert_eq!(
         post(&format!("http://{}/purge/all", b.admin)).await.status,
@@ -372,10 +361,7 @@ async fn corrupt_value_is_a_miss_and_is_overwritten() {
     let (a, b) = two_instances(&redis, &up).await;
     let pq = format!("/c?size=3000&{CACHED}");
     let first = fetch(&a, &pq).await;
-    eventually(Duration::from_secs(5), "write-behind", || async {
-        keys(&redis).len() == 1
-    })
-    .await;
+    written(&redis, 1).await;
     let key = keys(&redis).remove(0);
     let mut conn = redis.conn();
     let good: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
@@ -550,10 +536,7 @@ async fn redis_down_at_start_serves_from_l1_then_connects() {
     )
     .await;
     fetch(&proxy, &format!("/late?{CACHED}")).await;
-    eventually(Duration::from_secs(5), "write-behind", || async {
-        keys(&redis).len() == 1
-    })
-    .await;
+    written(&redis, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -569,10 +552,7 @@ async fn tls_rediss_with_a_private_ca() {
     l2_ready(&b).await;
     let pq = format!("/tls?{CACHED}");
     assert_eq!(fetch(&a, &pq).await.x_cache(), "MISS");
-    eventually(Duration::from_secs(5), "write-behind over TLS", || async {
-        keys(&redis).len() == 1
-    })
-    .await;
+    written(&redis, 1).await;
     assert_eq!(fetch(&b, &pq).await.header("x-cache-tier"), "L2");
     assert_eq!(up.count(&pq), 1);
 }
