@@ -13,7 +13,7 @@ use augur::cache::entry::{Compression, Entry, StoredBody};
 use augur::cache::memory::Memory;
 use augur::cache::policy;
 use augur::cache::redis;
-use augur::cache::Clock;
+use augur::clock::Clock;
 use augur::config::Config;
 use augur::key::CacheKey;
 use augur::metrics::Metrics;

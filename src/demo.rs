@@ -19,7 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-use crate::body::Body;
+use augur::body::Body;
 
 /// Serve the demo API on `listener` forever.
 pub async fn serve(listener: TcpListener) {

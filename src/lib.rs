@@ -28,17 +28,19 @@
 //! prefetch, metrics}`; `config`, `metrics`, `body` and `error` are leaves. `cache` never names
 //! `upstream`: it is handed the fetch as a closure.
 
-pub mod admin;
-pub mod body;
-pub mod cache;
-pub mod config;
-pub mod demo;
-pub mod error;
+// In request order: accept, route, key, the request path, the cache, the upstream, then
+// what watches and steers it. `config`, `clock`, `metrics`, `body` and `error` are leaves.
+pub mod server;
+pub mod route;
 pub mod key;
-pub mod metrics;
-pub mod prefetch;
 pub mod proxy;
 pub mod range;
-pub mod route;
-pub mod server;
+pub mod cache;
 pub mod upstream;
+pub mod body;
+pub mod prefetch;
+pub mod admin;
+pub mod metrics;
+pub mod error;
+pub mod config;
+pub mod clock;

@@ -8,9 +8,12 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use augur::cache::Clock;
+use augur::clock::Clock;
 use augur::config::{Config, LogFormat};
 use augur::server::{self, Instance, Listeners};
+
+/// `augur demo`'s sample origin: part of the binary, not of the library's request path.
+mod demo;
 
 /// mimalloc: the request path allocates small, short-lived buffers (header maps, response
 /// heads); glibc's malloc spent ~1.7k instructions per cache hit on them (callgrind).
@@ -142,7 +145,7 @@ async fn start_demo(config: &Config) -> anyhow::Result<()> {
         "Demo API listening on http://{addr} (route {:?}'s upstream).",
         route.name
     );
-    tokio::spawn(augur::demo::serve(listener));
+    tokio::spawn(demo::serve(listener));
     Ok(())
 }
 

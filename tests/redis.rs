@@ -10,7 +10,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use augur::cache::entry::Entry;
-use augur::cache::Clock;
+use augur::clock::Clock;
 use bytes::Bytes;
 use common::{config, get, send, Proxy, Upstream};
 use http::Request;

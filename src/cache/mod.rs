@@ -24,9 +24,9 @@ pub mod redis;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::Response;
 use parking_lot::Mutex;
@@ -34,6 +34,7 @@ use tokio::sync::watch;
 
 use self::redis::{Invalidation, L2Health, L2};
 use crate::body::Body;
+use crate::clock::Clock;
 use crate::config::RedisConfig;
 use crate::error::ProxyError;
 use crate::key::CacheKey;
@@ -42,40 +43,6 @@ use crate::metrics::Metrics;
 use entry::{Entry, Flags};
 use memory::Memory;
 use policy::Use;
-
-/// Wall-clock time in unix milliseconds. Tests drive a manual clock so that expiry is
-/// checked without sleeping.
-#[derive(Clone, Debug)]
-pub enum Clock {
-    System,
-    Manual(Arc<AtomicU64>),
-}
-
-impl Clock {
-    pub fn now_ms(&self) -> u64 {
-        match self {
-            Clock::System => SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            Clock::Manual(t) => t.load(Ordering::Relaxed),
-        }
-    }
-
-    /// A clock that moves only when told, starting at the current time.
-    pub fn manual() -> Clock {
-        Clock::Manual(Arc::new(AtomicU64::new(Clock::System.now_ms())))
-    }
-
-    /// Move a manual clock forward (no effect on the system clock).
-    pub fn advance(&self, by: Duration) {
-        if let Clock::Manual(t) = self {
-            t.fetch_add(
-                u64::try_from(by.as_millis()).unwrap_or(u64::MAX),
-                Ordering::Relaxed,
-            );
-        }
-    }
-}
 
 /// What a fetch produced.
 pub enum Fetched {

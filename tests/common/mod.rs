@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use augur::body::Body;
-use augur::cache::Clock;
+use augur::clock::Clock;
 use augur::config::Config;
 use augur::server::{self, Instance, Listeners};
 use bytes::Bytes;
