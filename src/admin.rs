@@ -18,7 +18,6 @@ use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::error::json_error;
-use crate::key::CacheKey;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 
@@ -148,14 +147,7 @@ impl Admin {
                 "no route matches that url",
             );
         };
-        let key = CacheKey::derive(
-            &Method::GET,
-            host.as_str(),
-            pq.as_str(),
-            &route.cfg.query,
-            &route.cfg.key_headers,
-            req.headers(),
-        );
+        let key = route.key(&Method::GET, host.as_str(), pq.as_str(), req.headers());
         let removed = self.proxy.cache().invalidate(&key).await;
         let body = serde_json::json!({ "purged": removed, "key": key.to_hex() }).to_string();
         text(StatusCode::OK, "application/json", body)

@@ -29,6 +29,9 @@ pub enum ProxyError {
     UpstreamTimeout(Duration),
     #[error("upstream failed: {0}")]
     UpstreamProtocol(String),
+    // ---- internal: Augur's own fault, neither the client's nor the upstream's
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl ProxyError {
@@ -41,6 +44,7 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::UpstreamTimeout(_) | ProxyError::NotCached => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -54,6 +58,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_) => "upstream_unreachable",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::UpstreamProtocol(_) => "upstream_error",
+            ProxyError::Internal(_) => "internal",
         }
     }
 

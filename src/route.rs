@@ -8,9 +8,10 @@
 //! operator put a narrow route (`/api/v1/stream`, no caching) before a broad one (`/api`).
 
 use globset::{Candidate, GlobBuilder, GlobMatcher};
-use http::Method;
+use http::{HeaderMap, Method};
 
 use crate::config::RouteConfig;
+use crate::key::CacheKey;
 
 /// A route's config could not be compiled. Reported at start-up, never per request.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,20 @@ pub struct Route {
 }
 
 impl Route {
+    /// The cache key of `method` `host` `pq` on this route: its query rules (include /
+    /// exclude) and the request headers it keys on. The one place a key is derived, so a
+    /// lookup, a purge, an invalidation and a prefetch of the same URL agree byte for byte.
+    pub fn key(&self, method: &Method, host: &str, pq: &str, headers: &HeaderMap) -> CacheKey {
+        CacheKey::derive(
+            method,
+            host,
+            pq,
+            &self.cfg.query,
+            &self.cfg.key_headers,
+            headers,
+        )
+    }
+
     fn compile(idx: usize, cfg: &RouteConfig) -> Result<Route, RouteError> {
         let pattern = match &cfg.path_pattern {
             None => None,

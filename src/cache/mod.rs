@@ -91,6 +91,36 @@ pub enum Outcome {
     Failed(ProxyError),
 }
 
+impl Outcome {
+    /// The verdict the response is labelled with (`x-cache`, metrics).
+    pub fn status(&self) -> CacheStatus {
+        match self {
+            Outcome::Hit(_) | Outcome::HitL2(_) => CacheStatus::Hit,
+            Outcome::Coalesced {
+                revalidated: true, ..
+            }
+            | Outcome::Revalidated(_) => CacheStatus::Revalidated,
+            Outcome::Stale { .. } => CacheStatus::Stale,
+            Outcome::Miss(_)
+            | Outcome::Coalesced { .. }
+            | Outcome::Pass(_)
+            | Outcome::Failed(_) => CacheStatus::Miss,
+        }
+    }
+
+    /// How the request was served, for the prefetcher's bookkeeping.
+    pub fn served(&self) -> crate::prefetch::Served {
+        use crate::prefetch::Served;
+        match self {
+            Outcome::Hit(_) | Outcome::HitL2(_) | Outcome::Stale { .. } => Served::Hit,
+            Outcome::Coalesced { .. } => Served::Coalesced,
+            Outcome::Miss(_) | Outcome::Revalidated(_) | Outcome::Pass(_) | Outcome::Failed(_) => {
+                Served::Fetched
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 enum Flight {
     Pending,

@@ -219,8 +219,70 @@ pub fn http_date_ms(value: Option<&HeaderValue>) -> Option<u64> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Store(Stored),
-    /// Do not store; the reason is for logs.
-    DontStore(&'static str),
+    /// Do not store, and why.
+    DontStore(NoStore),
+}
+
+/// Why a response is not stored. Typed, not a string: whether the reason leaves a
+/// hit-for-pass mark ([`NoStore::leaves_pass_mark`]) decides whether later requests for the
+/// key are coalesced, and that rule lives here, next to the reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoStore {
+    /// Not a final, complete response (1xx, 206, 304, out of range).
+    Status,
+    /// The request said `no-store`.
+    RequestNoStore,
+    /// The response said `no-store`.
+    NoStore,
+    /// The response said `private`.
+    Private,
+    /// An answer to an authenticated request that does not say it may be shared (§3.5).
+    Authorization,
+    /// `Set-Cookie`, on a route that does not opt in to storing it (cookie stripped).
+    SetCookie,
+    /// `Vary: *`: no later request can match it (§4.1).
+    VaryStar,
+    /// A content coding Augur does not store (it stores identity and compresses itself).
+    ContentEncoding,
+    /// A status that is not heuristically cacheable, without explicit freshness.
+    StatusWithoutFreshness,
+    /// No explicit freshness, no route TTL, no usable heuristic.
+    NoFreshness,
+    /// Stale on arrival (lifetime zero or `no-cache`) with nothing to revalidate with.
+    StaleWithoutValidator,
+}
+
+impl NoStore {
+    /// For logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoStore::Status => "status",
+            NoStore::RequestNoStore => "request no-store",
+            NoStore::NoStore => "no-store",
+            NoStore::Private => "private",
+            NoStore::Authorization => "authorization",
+            NoStore::SetCookie => "set-cookie",
+            NoStore::VaryStar => "vary",
+            NoStore::ContentEncoding => "content-encoding",
+            NoStore::StatusWithoutFreshness => "status without freshness",
+            NoStore::NoFreshness => "no freshness information",
+            NoStore::StaleWithoutValidator => "stale on arrival, no validator",
+        }
+    }
+
+    /// Does the reason say something about the resource, so that the next requests for it
+    /// will not be storable either (a hit-for-pass mark: skip coalescing for a while)? Not for
+    /// a transient status, nor for what only this request said (its own `no-store`, its
+    /// credentials).
+    pub fn leaves_pass_mark(self) -> bool {
+        !matches!(
+            self,
+            NoStore::Status
+                | NoStore::StatusWithoutFreshness
+                | NoStore::RequestNoStore
+                | NoStore::Authorization
+        )
+    }
 }
 
 /// Everything a stored entry needs from the decision, computed once at store time.
@@ -268,40 +330,74 @@ pub fn decide(i: &Input<'_>) -> Decision {
     // Final, understood, and a complete representation (206 needs range merging Augur does
     // not do; 304 only ever freshens, see `proxy`).
     if !(200..600).contains(&status) || status == 206 || status == 304 {
-        return Decision::DontStore("status");
+        return Decision::DontStore(NoStore::Status);
     }
     if request_directives(i.req_headers).no_store {
-        return Decision::DontStore("request no-store");
+        return Decision::DontStore(NoStore::RequestNoStore);
     }
     let (cc, targeted) = response_directives(i.resp_headers, i.targeted);
+    if let Some(reason) = refused(i, &cc) {
+        return Decision::DontStore(reason);
+    }
+    let date = http_date_ms(i.resp_headers.get(header::DATE));
+    let has_validator = i.resp_headers.contains_key(header::ETAG)
+        || i.resp_headers.contains_key(header::LAST_MODIFIED);
+    let lifetime_ms = match lifetime_ms(i, &cc, targeted, date, has_validator) {
+        Ok(l) => l,
+        Err(reason) => return Decision::DontStore(reason),
+    };
+    if (lifetime_ms == 0 || cc.no_cache) && !has_validator {
+        // Would need revalidation on every use, and there is nothing to revalidate with.
+        return Decision::DontStore(NoStore::StaleWithoutValidator);
+    }
+    Decision::Store(stored(i, cc, date, lifetime_ms))
+}
+
+/// What the response itself (and the credentials of the request) forbid storing, whatever
+/// its freshness.
+fn refused(i: &Input<'_>, cc: &CacheControl) -> Option<NoStore> {
     if cc.no_store {
-        return Decision::DontStore("no-store");
+        return Some(NoStore::NoStore);
     }
     if cc.private {
-        return Decision::DontStore("private");
+        return Some(NoStore::Private);
     }
     // §3.5: a shared cache stores an answer to an authenticated request only when the
     // response says it may be shared.
-    let shareable_with_auth = cc.public || cc.s_maxage.is_some() || cc.must_revalidate;
-    if i.req_headers.contains_key(header::AUTHORIZATION) && !shareable_with_auth {
-        return Decision::DontStore("authorization");
+    if i.req_headers.contains_key(header::AUTHORIZATION) && !shareable_with_auth(cc) {
+        return Some(NoStore::Authorization);
     }
     if i.resp_headers.contains_key(header::SET_COOKIE) && !i.cache_set_cookie {
-        return Decision::DontStore("set-cookie");
+        return Some(NoStore::SetCookie);
     }
     // §4.1: `Vary: *` can never be matched by a later request; other `Vary` responses are
     // stored as one variant among several (`vary_names`, `Cache::store`).
     if vary_names(i.resp_headers).is_none() {
-        return Decision::DontStore("vary");
+        return Some(NoStore::VaryStar);
     }
     if let Some(ce) = i.resp_headers.get(header::CONTENT_ENCODING) {
         if !ce.as_bytes().eq_ignore_ascii_case(b"identity") {
-            return Decision::DontStore("content-encoding");
+            return Some(NoStore::ContentEncoding);
         }
     }
-    let date_header = i.resp_headers.get(header::DATE);
-    let date = http_date_ms(date_header);
-    let date_invalid = date_header.is_some() && date.is_none();
+    None
+}
+
+/// §3.5: the response says a shared cache may answer authenticated requests with it.
+fn shareable_with_auth(cc: &CacheControl) -> bool {
+    cc.public || cc.s_maxage.is_some() || cc.must_revalidate
+}
+
+/// The freshness lifetime (§4.2.1): explicit (`s-maxage`, `max-age`, `Expires`), else the
+/// route TTL, else heuristic (§4.2.2); then the route's mode applied to it.
+fn lifetime_ms(
+    i: &Input<'_>,
+    cc: &CacheControl,
+    targeted: bool,
+    date: Option<u64>,
+    has_validator: bool,
+) -> Result<u64, NoStore> {
+    let date_invalid = i.resp_headers.contains_key(header::DATE) && date.is_none();
     let explicit = if let Some(s) = cc.s_maxage {
         Some(s * 1000)
     } else if let Some(m) = cc.max_age {
@@ -315,39 +411,37 @@ pub fn decide(i: &Input<'_>) -> Decision {
     } else {
         None
     };
-    let has_validator = i.resp_headers.contains_key(header::ETAG)
-        || i.resp_headers.contains_key(header::LAST_MODIFIED);
-    let heuristic_ok = HEURISTIC_STATUSES.contains(&status) || cc.public;
+    let heuristic_ok = HEURISTIC_STATUSES.contains(&i.status.as_u16()) || cc.public;
     let base = match explicit {
         Some(l) => l,
-        None if !heuristic_ok => return Decision::DontStore("status"),
+        None if !heuristic_ok => return Err(NoStore::StatusWithoutFreshness),
         None if i.route_ttl_ms > 0 => i.route_ttl_ms,
         None => match heuristic_ms(i, date) {
             Some(l) => l,
             // Revalidated on every use anyway: the validator is what makes storing it worth it.
             None if cc.no_cache && has_validator => 0,
-            None => return Decision::DontStore("no freshness information"),
+            None => return Err(NoStore::NoFreshness),
         },
     };
     let t = i.route_ttl_ms;
-    let lifetime_ms = match i.mode {
+    Ok(match i.mode {
         _ if t == 0 => base,
         CacheMode::Respect => base,
         CacheMode::Override => t,
         CacheMode::Floor => base.max(t),
         CacheMode::Cap => base.min(t),
-    };
-    if (lifetime_ms == 0 || cc.no_cache) && !has_validator {
-        // Would need revalidation on every use, and there is nothing to revalidate with.
-        return Decision::DontStore("stale on arrival, no validator");
-    }
+    })
+}
 
+/// The stored entry's flags, stale windows and fields to strip, for a response `decide`
+/// stores with `lifetime_ms`.
+fn stored(i: &Input<'_>, cc: CacheControl, date: Option<u64>, lifetime_ms: u64) -> Stored {
     let mut flags = Flags::default();
     // s-maxage carries proxy-revalidate's meaning for a shared cache (§5.2.2.10).
     let revalidate = cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some();
     flags.set(Flags::MUST_REVALIDATE, revalidate);
     flags.set(Flags::NO_CACHE, cc.no_cache);
-    flags.set(Flags::AUTH_OK, shareable_with_auth);
+    flags.set(Flags::AUTH_OK, shareable_with_auth(&cc));
     // Stale use: never against must-revalidate / proxy-revalidate / no-cache; an explicit
     // RFC 5861 grant is honoured with s-maxage; the route grace fills in only when the origin
     // said nothing either way.
@@ -358,19 +452,21 @@ pub fn decide(i: &Input<'_>) -> Decision {
         None if cc.s_maxage.is_some() => 0,
         None => i.grace_ms,
     };
+    let stale_while_revalidate_ms = grant(cc.stale_while_revalidate);
+    let stale_if_error_ms = grant(cc.stale_if_error);
     let mut strip = cc.private_fields;
     strip.extend(cc.no_cache_fields);
     if i.resp_headers.contains_key(header::SET_COOKIE) {
         strip.push(header::SET_COOKIE);
     }
-    Decision::Store(Stored {
+    Stored {
         lifetime_ms,
         initial_age_ms: initial_age_ms(i.resp_headers, date, i.request_time, i.response_time),
         flags,
-        stale_while_revalidate_ms: grant(cc.stale_while_revalidate),
-        stale_if_error_ms: grant(cc.stale_if_error),
+        stale_while_revalidate_ms,
+        stale_if_error_ms,
         strip,
-    })
+    }
 }
 
 /// Heuristic freshness (§4.2.2): 10% of the time since `Last-Modified`, at most the configured
@@ -610,7 +706,7 @@ mod tests {
         fn stored(&self) -> Stored {
             match self.decide() {
                 Decision::Store(s) => s,
-                Decision::DontStore(r) => panic!("not stored: {r}"),
+                Decision::DontStore(r) => panic!("not stored: {}", r.as_str()),
             }
         }
         fn lifetime(&self) -> u64 {

@@ -565,14 +565,7 @@ impl<S: Source> Worker<S> {
                 headers.append(name.clone(), v.clone());
             }
         }
-        let key = CacheKey::derive(
-            &Method::GET,
-            &obs.host,
-            &pred.pq,
-            &route.cfg.query,
-            &route.cfg.key_headers,
-            &headers,
-        );
+        let key = route.key(&Method::GET, &obs.host, &pred.pq, &headers);
         if self.source.cache().contains_fresh(&key) {
             return;
         }

@@ -1,0 +1,91 @@
+//! The background half of `stale-while-revalidate` (RFC 5861): a stale hit inside the window
+//! is answered at once and queues one refresh of its key, which runs the same coalesced fetch
+//! a miss makes (revalidating the stale entry, or replacing it). A burst of stale hits queues
+//! one refresh; a full queue drops the job (the next stale hit asks again).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap};
+
+use super::exchange::Exchange;
+use super::fetch::{Sender, Target};
+use super::Proxy;
+use crate::cache::Want;
+use crate::key::CacheKey;
+
+/// Background refreshes waiting to start; more are dropped (the next stale hit asks again).
+pub(super) const QUEUE: usize = 1024;
+
+/// A refresh to run in the background (owned: it outlives the request).
+pub(super) struct Refresh {
+    key: CacheKey,
+    /// The variant being refreshed (`key` itself unless responses vary).
+    at: CacheKey,
+    route: usize,
+    pq: String,
+    headers: HeaderMap,
+    peer: SocketAddr,
+    host: String,
+}
+
+impl Proxy {
+    /// Start the background refresher (`stale-while-revalidate`); the server calls this once.
+    /// Without it (benches driving `handle` directly) stale entries are still served within
+    /// their window, and refreshed by the first request after it.
+    pub fn spawn_refresher(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let mut rx = self.refresh_rx.lock().take()?;
+        let proxy = self.clone();
+        Some(tokio::spawn(async move {
+            while let Some(job) = rx.recv().await {
+                let proxy = proxy.clone();
+                tokio::spawn(async move { proxy.refresh(job).await });
+            }
+        }))
+    }
+
+    /// Queue one background refresh of the variant `at` of this request's key, unless one is
+    /// already queued or running.
+    pub(super) fn queue_refresh(&self, ex: &Exchange<'_>, at: CacheKey) {
+        if !self.refreshing.lock().insert(at) {
+            return;
+        }
+        let job = Refresh {
+            key: ex.key,
+            at,
+            route: ex.route.idx,
+            pq: ex.pq.to_owned(),
+            headers: ex.headers().clone(),
+            peer: ex.peer,
+            host: ex.host.to_owned(),
+        };
+        if self.refresh_tx.try_send(job).is_err() {
+            self.refreshing.lock().remove(&at);
+        }
+    }
+
+    async fn refresh(&self, job: Refresh) {
+        if let Some(route) = self.routes.iter().find(|r| r.idx == job.route) {
+            let want = Want {
+                authorization: job.headers.contains_key(header::AUTHORIZATION),
+                ..Want::default()
+            };
+            let fetch = || {
+                let target = Target {
+                    route,
+                    host: &job.host,
+                    pq: &job.pq,
+                    headers: &job.headers,
+                    key: job.key,
+                    sender: Sender::Client(job.peer),
+                };
+                self.fetch_for_store(target, None)
+            };
+            let _ = self
+                .cache
+                .lookup_or_fetch_for(job.key, &job.headers, &want, fetch)
+                .await;
+        }
+        self.refreshing.lock().remove(&job.at);
+    }
+}
