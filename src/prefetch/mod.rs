@@ -28,6 +28,7 @@
 //! are the first candidates for eviction until a real request touches them.
 
 pub mod markov;
+mod metrics;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -37,14 +38,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
-use metrics::{Counter, Gauge};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
+use self::metrics::PrefetchMetrics;
 use crate::cache::{Cache, Fetched, Outcome};
 use crate::config::Config;
 use crate::key::CacheKey;
-use crate::metrics::{self as m, Metrics};
+use crate::metrics::Metrics;
 use crate::route::Routes;
 use markov::{Markov, ModelSettings};
 
@@ -99,103 +100,6 @@ struct Pending {
     stored: bool,
     /// Counts as wasted if unused by then.
     deadline_ms: u64,
-}
-
-/// Prefetch metrics, registered in the proxy's registry.
-struct PrefetchMetrics {
-    issued: Counter,
-    used: Counter,
-    hits: Counter,
-    wasted: Counter,
-    wasted_evicted: Counter,
-    failed: Counter,
-    dropped_budget: Counter,
-    dropped_concurrency: Counter,
-    dropped_queue: Counter,
-    precision: Gauge,
-    budget_scale: Gauge,
-    in_flight: Gauge,
-    states: Gauge,
-    transitions: Gauge,
-    model_bytes: Gauge,
-    dropped_states: Gauge,
-}
-
-impl PrefetchMetrics {
-    fn new(metrics: &Metrics) -> PrefetchMetrics {
-        let r = metrics.recorder();
-        let c = |name: &'static str, help: &'static str| {
-            m::describe(r, name, help);
-            m::counter(r, name, &[])
-        };
-        let g = |name: &'static str, help: &'static str| {
-            m::describe(r, name, help);
-            m::gauge(r, name)
-        };
-        PrefetchMetrics {
-            issued: c(
-                "augur_prefetch_issued_total",
-                "Prefetches fetched from the upstream and stored.",
-            ),
-            used: c(
-                "augur_prefetch_used_total",
-                "Prefetched entries used by a real request (HIT, or waited for while in flight).",
-            ),
-            hits: c(
-                "augur_prefetch_hits_total",
-                "Client HITs (x-cache: HIT) served from a prefetched entry.",
-            ),
-            wasted: c(
-                "augur_prefetch_wasted_total",
-                "Prefetched entries not used within use_window, or evicted or expired first.",
-            ),
-            wasted_evicted: c(
-                "augur_prefetch_wasted_evicted_total",
-                "Of the wasted: gone from the cache (evicted or purged) before their window ended.",
-            ),
-            failed: c(
-                "augur_prefetch_failed_total",
-                "Prefetches whose response failed or was not storable.",
-            ),
-            dropped_budget: c(
-                "augur_prefetch_dropped_budget_total",
-                "Predicted prefetches skipped because the budget was spent.",
-            ),
-            dropped_concurrency: c(
-                "augur_prefetch_dropped_concurrency_total",
-                "Predicted prefetches skipped because max_concurrency were in flight.",
-            ),
-            dropped_queue: c(
-                "augur_prefetch_dropped_observations_total",
-                "Observations dropped because the prefetch worker's queue was full.",
-            ),
-            precision: g(
-                "augur_prefetch_precision",
-                "used / (used + wasted) since start.",
-            ),
-            budget_scale: g(
-                "augur_prefetch_budget_scale",
-                "Fraction of the configured budget in use: below 1 while recent precision is under the floor.",
-            ),
-            in_flight: g(
-                "augur_prefetch_in_flight",
-                "Prefetches waiting on the upstream or being stored.",
-            ),
-            states: g("augur_prefetch_model_states", "States in the Markov model."),
-            transitions: g(
-                "augur_prefetch_model_transitions",
-                "Transitions kept in the Markov model.",
-            ),
-            model_bytes: g(
-                "augur_prefetch_model_bytes",
-                "Approximate memory held by the Markov model.",
-            ),
-            dropped_states: g(
-                "augur_prefetch_model_dropped_states",
-                "States dropped (least recently used) to stay under max_states.",
-            ),
-        }
-    }
 }
 
 struct Shared {
