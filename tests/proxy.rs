@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -120,7 +119,7 @@ async fn uncacheable_leader_does_not_serialise_waiters() {
     }
     assert_eq!(up.total(), 20, "every request fetched for itself");
     // Serialised waiters would reach the upstream one at a time.
-    let peak = up.max_inflight.load(Ordering::SeqCst);
+    let peak = up.peak_concurrency();
     assert!(
         peak >= 10,
         "waiters fetched concurrently (peak upstream concurrency {peak})"
@@ -253,7 +252,7 @@ async fn other_methods_pass_through_with_forwarding_headers() {
     let got = send(req).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.x_cache(), "BYPASS");
-    let seen = up.last_headers.lock().unwrap().clone().unwrap();
+    let seen = up.last_request_headers();
     assert!(
         !seen.contains_key("x-hop"),
         "Connection-named header removed"

@@ -249,13 +249,13 @@ async fn l2_keeps_the_stale_window_for_the_whole_fleet() {
     assert_eq!(fetch(&a, sie).await.x_cache(), "MISS");
     written(&redis, 2).await;
     clock.advance(Duration::from_secs(30));
-    up.fail.store(503, std::sync::atomic::Ordering::SeqCst);
+    up.fail_with(503);
     let stood_in = fetch(&b, sie).await;
     assert_eq!(
         (stood_in.status.as_u16(), stood_in.x_cache()),
         (200, "STALE")
     );
-    up.fail.store(0, std::sync::atomic::Ordering::SeqCst);
+    up.recover();
 }
 
 /// An entry promoted from Redis answers only what its freshness allows for *this* request.

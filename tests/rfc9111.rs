@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -350,7 +349,7 @@ async fn stale_entry_is_revalidated_and_freshened_by_304() {
         "2",
         "stored headers updated from the 304"
     );
-    let seen = up.last_headers.lock().unwrap().clone().unwrap();
+    let seen = up.last_request_headers();
     assert_eq!(seen["if-none-match"], "\"v1\"");
     proxy.clock.advance(secs(9));
     assert_eq!(
@@ -376,7 +375,7 @@ async fn last_modified_validates_with_if_modified_since() {
     get(&proxy.url(&p)).await;
     proxy.clock.advance(secs(6));
     assert_eq!(get(&proxy.url(&p)).await.x_cache(), "REVALIDATED");
-    let seen = up.last_headers.lock().unwrap().clone().unwrap();
+    let seen = up.last_request_headers();
     assert_eq!(seen["if-modified-since"], lm.as_str());
 }
 
@@ -488,7 +487,7 @@ async fn stale_if_error_covers_5xx_and_a_dead_upstream() {
     let p = pq("/sie", &[("cc", "max-age=1, stale-if-error=60")]);
     let first = get(&proxy.url(&p)).await;
     proxy.clock.advance(secs(5));
-    up.fail.store(503, Ordering::SeqCst);
+    up.fail_with(503);
     let stale = get(&proxy.url(&p)).await;
     assert_eq!(stale.status, 200);
     assert_eq!(stale.x_cache(), "STALE");
@@ -510,7 +509,7 @@ async fn stale_if_error_covers_an_upstream_timeout() {
     let p = pq("/slow", &[("cc", "max-age=1, stale-if-error=60")]);
     get(&proxy.url(&p)).await;
     proxy.clock.advance(secs(5));
-    up.fail.store(2, Ordering::SeqCst);
+    up.answer_after(Duration::from_millis(1500));
     let got = get(&proxy.url(&p)).await;
     assert_eq!((got.status.as_u16(), got.x_cache()), (200, "STALE"));
 }
@@ -527,7 +526,7 @@ async fn must_revalidate_forbids_stale() {
     );
     get(&proxy.url(&p)).await;
     proxy.clock.advance(secs(5));
-    up.fail.store(500, Ordering::SeqCst);
+    up.fail_with(500);
     let got = get(&proxy.url(&p)).await;
     assert_eq!(got.status, 500);
     assert_eq!(got.x_cache(), "MISS");
@@ -541,9 +540,9 @@ async fn route_grace_for_origins_that_send_no_stale_directives() {
     let p = pq("/g", &[("cc", "max-age=1")]);
     get(&proxy.url(&p)).await;
     proxy.clock.advance(secs(10));
-    up.fail.store(502, Ordering::SeqCst);
+    up.fail_with(502);
     assert_eq!(get(&proxy.url(&p)).await.x_cache(), "STALE");
-    up.fail.store(0, Ordering::SeqCst);
+    up.recover();
     assert!(
         up.wait_count(&p, 2).await,
         "grace also refreshes in the background"
@@ -764,9 +763,9 @@ async fn unsafe_methods_invalidate_target_and_locations() {
         assert_eq!(get(&proxy.url(&cached(path))).await.x_cache(), "HIT");
     }
     // A failed POST invalidates nothing.
-    up.fail.store(500, Ordering::SeqCst);
+    up.fail_with(500);
     method(&proxy, "POST", &cached("/items")).await;
-    up.fail.store(0, Ordering::SeqCst);
+    up.recover();
     assert_eq!(get(&proxy.url(&cached("/items"))).await.x_cache(), "HIT");
     // A successful one invalidates its target (the same URL with the same query)…
     method(&proxy, "POST", &cached("/items")).await;

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,19 +32,19 @@ use tokio::sync::oneshot;
 /// It echoes the request headers it received as `x-echo-<name>` and sends `x-count: N`, the
 /// number of requests served for this path-and-query so far.
 ///
-/// `fail` switches every response at once (the URL, hence the cache key, stays the same):
-/// 0 = normal, 1 = drop the connection without answering, 2 = answer after 1.5 s (to hit the
-/// proxy's timeout), any status code = that status.
-/// [`Upstream::stop`] also closes the listener, so new connections are refused.
+/// A fault switches every response at once (the URL, hence the cache key, stays the same):
+/// [`Upstream::fail_with`] a status, [`Upstream::answer_after`] a delay, until
+/// [`Upstream::recover`]. [`Upstream::stop`] drops every connection without answering and
+/// closes the listener, so new connections are refused.
 #[derive(Clone)]
 pub struct Upstream {
     pub addr: SocketAddr,
-    pub counts: Arc<Mutex<HashMap<String, usize>>>,
-    pub total: Arc<AtomicUsize>,
-    pub inflight: Arc<AtomicUsize>,
-    pub max_inflight: Arc<AtomicUsize>,
-    pub last_headers: Arc<Mutex<Option<HeaderMap>>>,
-    pub fail: Arc<AtomicU16>,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    total: Arc<AtomicUsize>,
+    inflight: Arc<AtomicUsize>,
+    max_inflight: Arc<AtomicUsize>,
+    last_headers: Arc<Mutex<Option<HeaderMap>>>,
+    fault: Arc<Mutex<Option<Fault>>>,
     /// When set ([`Upstream::follow`]), the `Date` header follows this clock instead of the
     /// real time, so that the proxy's manual clock and the upstream agree on ages.
     clock: Arc<Mutex<Option<Clock>>>,
@@ -61,7 +61,7 @@ impl Upstream {
             inflight: Default::default(),
             max_inflight: Default::default(),
             last_headers: Default::default(),
-            fail: Default::default(),
+            fault: Default::default(),
             clock: Default::default(),
             accept: Default::default(),
         };
@@ -76,13 +76,13 @@ impl Upstream {
                     let svc = service_fn(move |req| {
                         let state = state.clone();
                         async move {
-                            match state.fail.load(Ordering::SeqCst) {
-                                1 => {
+                            match state.fault() {
+                                Some(Fault::Reset) => {
                                     state.total.fetch_add(1, Ordering::SeqCst);
-                                    return Err(std::io::Error::other("upstream told to fail"));
+                                    return Err(std::io::Error::other("upstream told to reset"));
                                 }
-                                2 => tokio::time::sleep(Duration::from_millis(1500)).await,
-                                _ => {}
+                                Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
+                                Some(Fault::Status(_)) | None => {}
                             }
                             Ok::<_, std::io::Error>(state.serve(req).await)
                         }
@@ -102,9 +102,24 @@ impl Upstream {
         *self.clock.lock().unwrap() = Some(clock.clone());
     }
 
-    /// Stop accepting connections, and fail requests on the ones already open.
+    /// Answer every request with `status` (and a small JSON body, no Cache-Control).
+    pub fn fail_with(&self, status: u16) {
+        self.set_fault(Some(Fault::Status(status)));
+    }
+
+    /// Answer every request only after `delay` (longer than the proxy's timeout to time out).
+    pub fn answer_after(&self, delay: Duration) {
+        self.set_fault(Some(Fault::Slow(delay)));
+    }
+
+    /// Answer as the query parameters ask again.
+    pub fn recover(&self) {
+        self.set_fault(None);
+    }
+
+    /// Stop accepting connections, and drop requests on the ones already open unanswered.
     pub fn stop(&self) {
-        self.fail.store(1, Ordering::SeqCst);
+        self.set_fault(Some(Fault::Reset));
         if let Some(t) = self.accept.lock().unwrap().take() {
             t.abort();
         }
@@ -126,8 +141,31 @@ impl Upstream {
         self.counts.lock().unwrap().get(pq).copied().unwrap_or(0)
     }
 
+    /// Requests served in all.
     pub fn total(&self) -> usize {
         self.total.load(Ordering::SeqCst)
+    }
+
+    /// The most requests the upstream was answering at one time.
+    pub fn peak_concurrency(&self) -> usize {
+        self.max_inflight.load(Ordering::SeqCst)
+    }
+
+    /// The headers of the latest request the upstream received.
+    pub fn last_request_headers(&self) -> HeaderMap {
+        self.last_headers
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the upstream has received no request")
+    }
+
+    fn fault(&self) -> Option<Fault> {
+        *self.fault.lock().unwrap()
+    }
+
+    fn set_fault(&self, fault: Option<Fault>) {
+        *self.fault.lock().unwrap() = fault;
     }
 
     async fn serve(
@@ -173,8 +211,11 @@ impl Upstream {
             .get("status")
             .and_then(|v| v.parse().ok())
             .unwrap_or(200);
-        let forced = self.fail.load(Ordering::SeqCst);
-        let status = if forced >= 100 { forced } else { status };
+        let forced = match self.fault() {
+            Some(Fault::Status(status)) => Some(status),
+            _ => None,
+        };
+        let status = forced.unwrap_or(status);
         let mut builder = Response::builder()
             .status(StatusCode::from_u16(status).unwrap())
             .header("x-count", served.to_string());
@@ -183,7 +224,7 @@ impl Upstream {
             let now = std::time::UNIX_EPOCH + Duration::from_millis(clock.now_ms());
             builder = builder.header("date", httpdate::fmt_http_date(now));
         }
-        if forced >= 100 {
+        if forced.is_some() {
             self.inflight.fetch_sub(1, Ordering::SeqCst);
             return builder
                 .body(Full::new(Bytes::from_static(b"{\"forced\":true}")).boxed())
@@ -245,6 +286,17 @@ impl Upstream {
         self.inflight.fetch_sub(1, Ordering::SeqCst);
         builder.body(body).unwrap()
     }
+}
+
+/// What the upstream does to every request instead of answering as asked.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Drop the connection without answering.
+    Reset,
+    /// Answer as asked, after this long.
+    Slow(Duration),
+    /// Answer with this status.
+    Status(u16),
 }
 
 /// Deterministic compressible JSON of exactly `size` bytes.
