@@ -6,11 +6,9 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{config, get, get_with, send, Proxy, Upstream};
+use common::{config, eventually, get, get_with, post, send, Proxy, Upstream, CACHED};
 use http::Request;
 use http_body_util::Full;
-
-const CACHED: &str = "cc=public%2C%20max-age%3D60";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn miss_then_hit_with_one_upstream_request() {
@@ -97,13 +95,8 @@ async fn hundred_concurrent_misses_make_one_upstream_request() {
     }
     assert!(bodies.windows(2).all(|w| w[0] == w[1]));
     assert_eq!(up.total(), 1, "coalesced into one upstream request");
-    let metrics = get(&format!("http://{}/metrics", proxy.admin)).await;
-    let text = String::from_utf8_lossy(&metrics.body);
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("augur_coalesced_total ") && !l.ends_with(" 0")),
-        "{text}"
-    );
+    let coalesced = proxy.metric("augur_coalesced_total").await;
+    assert!(coalesced > 0.0, "augur_coalesced_total {coalesced}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,15 +149,7 @@ async fn zstd_stored_once_served_both_ways() {
     assert_eq!(again.body, original);
     assert_eq!(up.count(&pq), 1);
 
-    let metrics =
-        String::from_utf8_lossy(&get(&format!("http://{}/metrics", proxy.admin)).await.body)
-            .into_owned();
-    let saved: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("augur_compression_saved_bytes_total "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let saved = proxy.metric("augur_compression_saved_bytes_total").await;
     assert!(saved > 10_000.0, "{saved}");
 }
 
@@ -262,12 +247,7 @@ async fn other_methods_pass_through_with_forwarding_headers() {
     assert_eq!(seen["x-forwarded-host"], proxy.addr.to_string());
     assert_eq!(seen["host"], up.addr.to_string());
     // A second POST goes upstream again.
-    send(
-        Request::post(proxy.url(&format!("/orders?{CACHED}")))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    post(&proxy.url(&format!("/orders?{CACHED}"))).await;
     assert_eq!(up.total(), 2);
 }
 
@@ -278,14 +258,14 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     let url = proxy.url("/slow?delay_ms=600");
     let in_flight = tokio::spawn(async move { get(&url).await });
     // Wait until the upstream has the request, then ask the proxy to stop.
-    for _ in 0..200 {
-        if up.total() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(
+        Duration::from_secs(1),
+        "the upstream has the request",
+        || async { up.total() == 1 },
+    )
+    .await;
     assert_eq!(up.total(), 1);
-    let ready = get(&format!("http://{}/readyz", proxy.admin)).await;
+    let ready = get(&proxy.admin_url("/readyz")).await;
     assert_eq!(ready.status, 200);
     proxy.shutdown();
     let got = in_flight.await.unwrap();
@@ -305,10 +285,9 @@ async fn admin_endpoints() {
     let pq = format!("/m?{CACHED}");
     get(&proxy.url(&pq)).await;
     get(&proxy.url(&pq)).await;
-    let admin = |p: &str| format!("http://{}{}", proxy.admin, p);
-    assert_eq!(get(&admin("/healthz")).await.status, 200);
-    assert_eq!(get(&admin("/readyz")).await.status, 200);
-    let text = String::from_utf8_lossy(&get(&admin("/metrics")).await.body).into_owned();
+    assert_eq!(get(&proxy.admin_url("/healthz")).await.status, 200);
+    assert_eq!(get(&proxy.admin_url("/readyz")).await.status, 200);
+    let text = String::from_utf8_lossy(&get(&proxy.admin_url("/metrics")).await.body).into_owned();
     for needle in [
         r#"augur_requests_total{route="api",cache="HIT",status="2xx"} 1"#,
         r#"augur_requests_total{route="api",cache="MISS",status="2xx"} 1"#,
@@ -320,16 +299,7 @@ async fn admin_endpoints() {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
     // Purge by URL, then the next request is a miss.
-    let purge_url = admin(&format!(
-        "/purge?url={}",
-        percent_encoding::utf8_percent_encode(&proxy.url(&pq), percent_encoding::NON_ALPHANUMERIC)
-    ));
-    let purged = send(
-        Request::post(purge_url)
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let purged = post(&proxy.purge_url(&proxy.url(&pq))).await;
     assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
     assert_eq!(get(&proxy.url(&pq)).await.x_cache(), "MISS");
     assert_eq!(up.count(&pq), 2);

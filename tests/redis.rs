@@ -6,18 +6,14 @@ mod common;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use augur::cache::entry::Entry;
 use augur::clock::Clock;
 use bytes::Bytes;
-use common::{config, get, send, Proxy, Upstream};
-use http::Request;
-use http_body_util::Full;
+use common::{config, eventually, get, post, until, Proxy, Upstream, CACHED};
 use redis_server::{RedisCluster, RedisServer};
 
-const CACHED: &str = "cc=public%2C%20max-age%3D60";
 const PREFIX: &str = "augur-test:";
 
 fn redis_section(url: &str, extra: &str) -> String {
@@ -40,22 +36,6 @@ async fn fetch(proxy: &Proxy, pq: &str) -> common::Got {
     common::get_with(&proxy.url(pq), &[("host", HOST)]).await
 }
 
-/// Poll `check` every 20 ms until it holds, for at most `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn keys(server: &RedisServer) -> Vec<Vec<u8>> {
     redis::cmd("KEYS")
         .arg(format!("{PREFIX}*"))
@@ -75,52 +55,29 @@ async fn written(redis: &RedisServer, n: usize) {
 
 /// Both instances subscribed to the invalidation channel (so a purge reaches them).
 async fn subscribed(conn: &mut redis::Connection, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    until(&format!("{n} subscribers to {PREFIX}invalidate"), || {
         let (_, count): (String, usize) = redis::cmd("PUBSUB")
             .arg("NUMSUB")
             .arg(format!("{PREFIX}invalidate"))
             .query(conn)
             .unwrap();
-        if count >= n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{count} of {n} subscribed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        count >= n
+    })
+    .await;
 }
 
 /// Connecting is asynchronous by design (Augur starts without Redis): wait for it.
 async fn l2_ready(proxy: &Proxy) {
-    let url = format!("http://{}/readyz", proxy.admin);
+    let url = proxy.admin_url("/readyz");
     eventually(Duration::from_secs(5), "L2 connected", || async {
         get(&url).await.json()["status"] == "ready"
     })
     .await;
 }
 
-async fn metric(proxy: &Proxy, series: &str) -> f64 {
-    let text = String::from_utf8_lossy(&get(&format!("http://{}/metrics", proxy.admin)).await.body)
-        .into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
 async fn entries(proxy: &Proxy) -> u64 {
-    let got = get(&format!("http://{}/cache", proxy.admin)).await;
+    let got = get(&proxy.admin_url("/cache")).await;
     got.json()["entries"].as_u64().unwrap()
-}
-
-async fn post(url: &str) -> common::Got {
-    send(Request::post(url).body(Full::new(Bytes::new())).unwrap()).await
-}
-
-fn purge_url(admin: std::net::SocketAddr, target: &str) -> String {
-    format!(
-        "http://{admin}/purge?url={}",
-        percent_encoding::utf8_percent_encode(target, percent_encoding::NON_ALPHANUMERIC)
-    )
 }
 
 /// Two proxy instances sharing one Redis, both connected to it.
@@ -153,18 +110,15 @@ async fn two_instances_share_one_upstream_fetch() {
     assert_eq!(again.header("x-cache-tier"), "", "promoted: now an L1 hit");
     assert_eq!(up.count(&pq), 1, "one upstream hit for the fleet");
     assert_eq!(
-        metric(&b, r#"augur_l2_requests_total{result="hit"}"#).await,
+        b.metric(r#"augur_l2_requests_total{result="hit"}"#).await,
         1.0
     );
     assert_eq!(
-        metric(&a, r#"augur_l2_requests_total{result="miss"}"#).await,
+        a.metric(r#"augur_l2_requests_total{result="miss"}"#).await,
         1.0
     );
-    assert_eq!(
-        metric(&a, r#"augur_l2_writes_total{result="ok"}"#).await,
-        1.0
-    );
-    let ready = get(&format!("http://{}/readyz", b.admin)).await;
+    assert_eq!(a.metric(r#"augur_l2_writes_total{result="ok"}"#).await, 1.0);
+    let ready = get(&b.admin_url("/readyz")).await;
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["status"], "ready", "{:?}", ready.body);
 }
@@ -288,7 +242,7 @@ async fn purge_on_one_instance_reaches_the_other() {
     assert_eq!(fetch(&b, &pq).await.x_cache(), "HIT");
     assert_eq!(entries(&b).await, 1);
 
-    let purged = post(&purge_url(a.admin, &format!("http://{HOST}{pq}"))).await;
+    let purged = post(&a.purge_url(&format!("http://{HOST}{pq}"))).await;
     assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
     assert!(keys(&redis).is_empty(), "gone from Redis");
     eventually(Duration::from_secs(2), "B drops it from L1", || async {
@@ -302,10 +256,7 @@ async fn purge_on_one_instance_reaches_the_other() {
     fetch(&a, &format!("/q?{CACHED}")).await;
     written(&redis, 2).await;
     assert_eq!(fetch(&b, &format!("/q?{CACHED}")).await.x_cache(), "HIT");
-    assert_eq!(
-        post(&format!("http://{}/purge/all", b.admin)).await.status,
-        200
-    );
+    assert_eq!(post(&b.admin_url("/purge/all")).await.status, 200);
     assert!(keys(&redis).is_empty());
     eventually(Duration::from_secs(2), "A clears its L1", || async {
         entries(&a).await == 0
@@ -344,7 +295,7 @@ async fn variants_stay_local_and_a_purge_drops_them_fleet_wide() {
         "nothing varying is written to Redis"
     );
 
-    let purged = post(&purge_url(a.admin, &format!("http://{HOST}{pq}"))).await;
+    let purged = post(&a.purge_url(&format!("http://{HOST}{pq}"))).await;
     assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
     eventually(Duration::from_secs(2), "B drops its variants", || async {
         entries(&b).await == 0
@@ -382,7 +333,8 @@ async fn corrupt_value_is_a_miss_and_is_overwritten() {
     assert_eq!(got.body, first.body);
     assert_eq!(up.count(&pq), 2);
     assert_eq!(
-        metric(&b, r#"augur_l2_requests_total{result="corrupt"}"#).await,
+        b.metric(r#"augur_l2_requests_total{result="corrupt"}"#)
+            .await,
         1.0
     );
     eventually(
@@ -444,11 +396,17 @@ async fn redis_killed_mid_load_fails_no_request() {
         worst < deadline + Duration::from_millis(400),
         "slowest request took {worst:?}"
     );
-    let errors = metric(&proxy, r#"augur_l2_requests_total{result="error"}"#).await
-        + metric(&proxy, r#"augur_l2_requests_total{result="timeout"}"#).await
-        + metric(&proxy, r#"augur_l2_requests_total{result="skipped"}"#).await;
+    let errors = proxy
+        .metric(r#"augur_l2_requests_total{result="error"}"#)
+        .await
+        + proxy
+            .metric(r#"augur_l2_requests_total{result="timeout"}"#)
+            .await
+        + proxy
+            .metric(r#"augur_l2_requests_total{result="skipped"}"#)
+            .await;
     assert!(errors > 0.0, "Redis was down for most of the load");
-    let ready = get(&format!("http://{}/readyz", proxy.admin)).await;
+    let ready = get(&proxy.admin_url("/readyz")).await;
     assert_eq!(ready.status, 200, "degraded is still ready");
     assert_eq!(ready.json()["status"], "degraded", "{:?}", ready.body);
     assert!(ready.json()["l2"]["reason"].is_string(), "{:?}", ready.body);
@@ -474,9 +432,17 @@ async fn hung_redis_delays_no_request_past_the_deadline() {
         worst < deadline + Duration::from_millis(400),
         "slowest request took {worst:?}"
     );
-    assert!(metric(&proxy, r#"augur_l2_requests_total{result="timeout"}"#).await >= 1.0);
     assert!(
-        metric(&proxy, r#"augur_l2_requests_total{result="skipped"}"#).await >= 1.0,
+        proxy
+            .metric(r#"augur_l2_requests_total{result="timeout"}"#)
+            .await
+            >= 1.0
+    );
+    assert!(
+        proxy
+            .metric(r#"augur_l2_requests_total{result="skipped"}"#)
+            .await
+            >= 1.0,
         "the breaker opened and later requests skipped Redis"
     );
     // Thawed: the probe closes the breaker again.
@@ -506,7 +472,7 @@ async fn redis_restarted_l2_use_resumes() {
     })
     .await;
     eventually(Duration::from_secs(5), "readyz back to ready", || async {
-        get(&format!("http://{}/readyz", a.admin)).await.json()["status"] == "ready"
+        get(&a.admin_url("/readyz")).await.json()["status"] == "ready"
     })
     .await;
 }
@@ -519,7 +485,7 @@ async fn redis_down_at_start_serves_from_l1_then_connects() {
     let pq = format!("/early?{CACHED}");
     assert_eq!(fetch(&proxy, &pq).await.x_cache(), "MISS");
     assert_eq!(fetch(&proxy, &pq).await.x_cache(), "HIT");
-    let ready = get(&format!("http://{}/readyz", proxy.admin)).await;
+    let ready = get(&proxy.admin_url("/readyz")).await;
     assert_eq!(ready.status, 200);
     let body = ready.json();
     assert_eq!(body["status"], "degraded", "{body}");
@@ -530,9 +496,7 @@ async fn redis_down_at_start_serves_from_l1_then_connects() {
     eventually(
         Duration::from_secs(10),
         "connected with backoff",
-        || async {
-            get(&format!("http://{}/readyz", proxy.admin)).await.json()["status"] == "ready"
-        },
+        || async { get(&proxy.admin_url("/readyz")).await.json()["status"] == "ready" },
     )
     .await;
     fetch(&proxy, &format!("/late?{CACHED}")).await;
@@ -592,7 +556,7 @@ async fn cluster_spreads_keys_shares_and_purges() {
 
     // Purge through A reaches Redis and B's L1.
     let pq = format!("/k/0?{CACHED}");
-    let purged = post(&purge_url(a.admin, &format!("http://{HOST}{pq}"))).await;
+    let purged = post(&a.purge_url(&format!("http://{HOST}{pq}"))).await;
     assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
     eventually(Duration::from_secs(3), "B drops it", || async {
         entries(&b).await == (n - 1) as u64
@@ -605,10 +569,7 @@ async fn cluster_spreads_keys_shares_and_purges() {
         || async { cluster.keys_per_node().iter().sum::<usize>() == n },
     )
     .await;
-    assert_eq!(
-        post(&format!("http://{}/purge/all", a.admin)).await.status,
-        200
-    );
+    assert_eq!(post(&a.admin_url("/purge/all")).await.status, 200);
     assert_eq!(cluster.keys_per_node().iter().sum::<usize>(), 0);
     eventually(Duration::from_secs(3), "B clears its L1", || async {
         entries(&b).await == 0

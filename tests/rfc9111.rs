@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use common::{config, get, get_with, send, Got, Proxy, Upstream};
+use common::{config, eventually, get, get_with, post, send, Got, Proxy, Upstream};
 use http::Request;
 use http_body_util::Full;
 
@@ -463,15 +463,12 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
         up.wait_count(&p, 2).await,
         "background refresh reached the upstream"
     );
-    let mut fresh = false;
-    for _ in 0..200 {
-        if get(&proxy.url(&p)).await.x_cache() == "HIT" {
-            fresh = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(fresh, "the refresh freshened the entry");
+    eventually(
+        Duration::from_secs(1),
+        "the refresh freshened the entry",
+        || async { get(&proxy.url(&p)).await.x_cache() == "HIT" },
+    )
+    .await;
     assert_eq!(up.count(&p), 2, "refreshed once");
     proxy.clock.advance(secs(120));
     assert_eq!(
@@ -709,12 +706,7 @@ async fn purge_and_unsafe_methods_drop_every_variant() {
         }
     };
     fill().await;
-    let purge = format!(
-        "http://{}/purge?url={}",
-        proxy.admin,
-        percent_encoding::utf8_percent_encode(&proxy.url(&p), percent_encoding::NON_ALPHANUMERIC)
-    );
-    let purged = send(Request::post(purge).body(Full::new(Bytes::new())).unwrap()).await;
+    let purged = post(&proxy.purge_url(&proxy.url(&p))).await;
     assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
     for l in ["en", "fr"] {
         assert_eq!(lang(&proxy, &p, &[l]).await.x_cache(), "MISS", "{l}");

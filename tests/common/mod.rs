@@ -4,10 +4,11 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use augur::body::Body;
 use augur::clock::Clock;
@@ -23,6 +24,46 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+
+/// The query that makes the upstream's answer fresh for a minute
+/// (`Cache-Control: public, max-age=60`).
+pub const CACHED: &str = "cc=public%2C%20max-age%3D60";
+
+/// How long a test waits for background work (a prefetch, a write-behind) before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+/// Poll `check` every 10 ms for up to `within`; whether it came to hold. A bounded wait, never
+/// a sleep that decides the outcome.
+pub async fn poll<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Poll `check` until it holds; after `within`, fail the test naming `what`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    assert!(poll(within, check).await, "timed out waiting for: {what}");
+}
+
+/// [`eventually`] for a check that needs no `.await`, within [`PATIENCE`].
+pub async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    eventually(PATIENCE, what, || std::future::ready(check())).await;
+}
 
 /// A real upstream. Its behaviour is chosen per request by query parameters:
 /// `delay_ms=N` (wait before the head), `cc=...` (Cache-Control), `size=N` (body bytes of
@@ -125,15 +166,12 @@ impl Upstream {
         }
     }
 
-    /// Wait (bounded, no fixed sleep) until `pq` has been served `n` times.
+    /// Wait (up to 2 s) until `pq` has been served `n` times; whether it was.
     pub async fn wait_count(&self, pq: &str, n: usize) -> bool {
-        for _ in 0..400 {
-            if self.count(pq) >= n {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        false
+        poll(Duration::from_secs(2), || {
+            std::future::ready(self.count(pq) >= n)
+        })
+        .await
     }
 
     /// Requests served for this path-and-query.
@@ -383,6 +421,27 @@ impl Proxy {
         format!("http://{}{}", self.addr, pq)
     }
 
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// The admin URL that purges `target` (a full URL as a client asked for it).
+    pub fn purge_url(&self, target: &str) -> String {
+        let target =
+            percent_encoding::utf8_percent_encode(target, percent_encoding::NON_ALPHANUMERIC);
+        self.admin_url(&format!("/purge?url={target}"))
+    }
+
+    /// The value of one series on the admin `/metrics` (`name` or `name{labels}`); 0 when
+    /// absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let got = get(&self.admin_url("/metrics")).await;
+        let text = String::from_utf8_lossy(&got.body);
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
     /// Begin the graceful shutdown.
     pub fn shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -438,6 +497,10 @@ pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Got {
         b = b.header(*k, *v);
     }
     send(b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+pub async fn post(url: &str) -> Got {
+    send(Request::post(url).body(Full::new(Bytes::new())).unwrap()).await
 }
 
 /// Write `request` on a fresh connection and read what comes back until the server closes
