@@ -7,7 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{config, eventually, get, get_with, post, until, Proxy, Upstream, CACHED, PATIENCE};
+use common::{
+    config, eventually, get, get_with, post, until, TestProxy, TestUpstream, CACHED, PATIENCE,
+};
 
 /// `path`, fresh for a minute.
 fn url(path: &str) -> String {
@@ -15,19 +17,19 @@ fn url(path: &str) -> String {
 }
 
 /// Empty the cache (what the client trained on is gone; the model stays).
-async fn purge(proxy: &Proxy) {
+async fn purge(proxy: &TestProxy) {
     assert_eq!(post(&proxy.admin_url("/purge/all")).await.status, 200);
 }
 
 /// Wait until no prefetch is in flight (each one reached the cache or failed).
-async fn settled(proxy: &Proxy) {
+async fn settled(proxy: &TestProxy) {
     eventually(PATIENCE, "no prefetch in flight", || async {
         proxy.metric("augur_prefetch_in_flight").await == 0.0
     })
     .await;
 }
 
-async fn until_metric(proxy: &Proxy, name: &str, at_least: f64) {
+async fn until_metric(proxy: &TestProxy, name: &str, at_least: f64) {
     eventually(PATIENCE, &format!("{name} >= {at_least}"), || async {
         proxy.metric(name).await >= at_least
     })
@@ -38,8 +40,8 @@ const PREFETCH: &str = "prefetch = true";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trained_a_then_b_prefetches_b_and_the_client_hits() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, PREFETCH)).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, PREFETCH)).await;
     let (a, b) = (url("/a"), url("/b"));
     get(&proxy.url(&a)).await;
     get(&proxy.url(&b)).await; // learns a ─► b
@@ -62,9 +64,9 @@ async fn trained_a_then_b_prefetches_b_and_the_client_hits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_are_told_apart_by_the_configured_cookie() {
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let extra = "prefetch = true\n\n[prefetch]\nclient_cookie = \"session\"";
-    let proxy = Proxy::start(config(up.addr, extra)).await;
+    let proxy = TestProxy::start(config(up.addr, extra)).await;
     let (a, b, x, y) = (url("/a"), url("/b"), url("/x"), url("/y"));
     // Two clients interleaved from one address. By cookie they learn a ─► b and x ─► y; by
     // address (or by the whole Cookie line, which changes with `theme`) they would learn a ─► x.
@@ -82,8 +84,8 @@ async fn clients_are_told_apart_by_the_configured_cookie() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_asking_while_the_prefetch_is_in_flight_waits_for_it() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, PREFETCH)).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, PREFETCH)).await;
     let (a, b) = (url("/a"), format!("/slow?delay_ms=400&{CACHED}"));
     get(&proxy.url(&a)).await;
     get(&proxy.url(&b)).await;
@@ -103,8 +105,8 @@ async fn client_asking_while_the_prefetch_is_in_flight_waits_for_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_starts_when_the_request_arrives_not_when_it_completes() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, PREFETCH)).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, PREFETCH)).await;
     // a takes the upstream a second: its successor's prefetch need not wait for it.
     let (a, b) = (format!("/slow?delay_ms=1000&{CACHED}"), url("/b"));
     get(&proxy.url(&a)).await;
@@ -130,8 +132,8 @@ async fn prefetch_starts_when_the_request_arrives_not_when_it_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn template_carries_ids_over() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, PREFETCH)).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, PREFETCH)).await;
     for id in [1, 2] {
         get(&proxy.url(&url(&format!("/users/{id}")))).await;
         get(&proxy.url(&url(&format!("/users/{id}/orders")))).await;
@@ -146,13 +148,13 @@ async fn template_carries_ids_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_without_prefetch_is_never_prefetched() {
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     // `api` (prefetch) serves /pf/…; `plain` (no prefetch) everything else.
     let extra = format!(
         "path_prefix = \"/pf/\"\nprefetch = true\n\n[[route]]\nname = \"plain\"\nupstream = \"http://{}\"",
         up.addr
     );
-    let proxy = Proxy::start(config(up.addr, &extra)).await;
+    let proxy = TestProxy::start(config(up.addr, &extra)).await;
     let (a, b) = (url("/a"), url("/b"));
     let (c, d) = (url("/pf/c"), url("/pf/d"));
     for p in [&a, &b, &c, &d] {
@@ -183,9 +185,9 @@ async fn route_without_prefetch_is_never_prefetched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_are_never_forwarded_unless_listed() {
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let extra = "prefetch = true\nprefetch_forward_headers = [\"Accept-Language\"]";
-    let proxy = Proxy::start(config(up.addr, extra)).await;
+    let proxy = TestProxy::start(config(up.addr, extra)).await;
     let h = [
         ("authorization", "Bearer secret"),
         ("cookie", "session=s3cret"),
@@ -212,8 +214,8 @@ async fn credentials_are_never_forwarded_unless_listed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prefetch_gone_from_the_cache_before_its_window_ends_is_wasted_as_evicted() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, PREFETCH)).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, PREFETCH)).await;
     let (a, b, c) = (url("/a"), url("/b"), url("/c"));
     get(&proxy.url(&a)).await;
     get(&proxy.url(&b)).await; // learns a ─► b
@@ -231,9 +233,9 @@ async fn a_prefetch_gone_from_the_cache_before_its_window_ends_is_wasted_as_evic
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn precision_floor_switches_a_noisy_transition_off() {
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let extra = "prefetch = true\n\n[prefetch]\nclient_header = \"x-client-id\"\nprecision_floor = 0.5\nmin_samples = 2\nuse_window = \"1s\"\nbudget = 1.0\nidle_gap = \"5s\"";
-    let proxy = Proxy::start(config(up.addr, extra)).await;
+    let proxy = TestProxy::start(config(up.addr, extra)).await;
     let n = [("x-client-id", "noisy")];
     let ctl = [("x-client-id", "control")];
     let (a, b) = (url("/a"), url("/b"));
@@ -280,9 +282,9 @@ async fn precision_floor_switches_a_noisy_transition_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budget_caps_prefetches_under_a_burst() {
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let extra = "prefetch = true\n\n[prefetch]\nbudget = 0.1\nmax_concurrency = 64";
-    let proxy = Proxy::start(config(up.addr, extra)).await;
+    let proxy = TestProxy::start(config(up.addr, extra)).await;
     const N: usize = 30;
     for i in 0..N {
         get(&proxy.url(&url(&format!("/a{i}")))).await;
@@ -317,7 +319,7 @@ async fn budget_caps_prefetches_under_a_burst() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_survives_a_restart() {
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("model.json");
     let extra = format!(
@@ -327,7 +329,7 @@ async fn model_survives_a_restart() {
     let (a, b) = (url("/a"), url("/b"));
     // The model keys on the request's host: send the same one to both instances.
     let host = [("host", "api.example")];
-    let mut first = Proxy::start(config(up.addr, &extra)).await;
+    let mut first = TestProxy::start(config(up.addr, &extra)).await;
     get_with(&first.url(&a), &host).await;
     get_with(&first.url(&b), &host).await;
     first.shutdown();
@@ -335,7 +337,7 @@ async fn model_survives_a_restart() {
     assert!(matches!(done, Ok(Ok(Ok(())))));
     assert!(file.exists(), "model saved on shutdown");
 
-    let second = Proxy::start(config(up.addr, &extra)).await; // empty cache, loaded model
+    let second = TestProxy::start(config(up.addr, &extra)).await; // empty cache, loaded model
     get_with(&second.url(&a), &host).await;
     until("b prefetched by the restarted proxy", || up.count(&b) == 2).await;
     settled(&second).await;

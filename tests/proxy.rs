@@ -6,14 +6,14 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{config, eventually, get, get_with, post, send, Proxy, Upstream, CACHED};
+use common::{config, eventually, get, get_with, post, send, TestProxy, TestUpstream, CACHED};
 use http::Request;
 use http_body_util::Full;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn miss_then_hit_with_one_upstream_request() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "")).await;
     let pq = format!("/users/1?{CACHED}");
     let first = get(&proxy.url(&pq)).await;
     assert_eq!(first.status, 200);
@@ -29,8 +29,8 @@ async fn miss_then_hit_with_one_upstream_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_order_and_encoding_do_not_split_the_cache() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "")).await;
     assert_eq!(
         get(&proxy.url(&format!("/q?b=2&a=%41&{CACHED}")))
             .await
@@ -48,8 +48,8 @@ async fn query_order_and_encoding_do_not_split_the_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_ttl_applies_and_expiry_refetches() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "ttl = \"30s\"")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "ttl = \"30s\"")).await;
     let pq = "/plain"; // the upstream sends no Cache-Control: the route TTL decides
     assert_eq!(get(&proxy.url(pq)).await.x_cache(), "MISS");
     proxy.clock.advance(Duration::from_secs(29));
@@ -65,8 +65,8 @@ async fn route_ttl_applies_and_expiry_refetches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_freshness_nothing_is_stored() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "")).await;
     for _ in 0..3 {
         assert_eq!(get(&proxy.url("/plain")).await.x_cache(), "MISS");
     }
@@ -81,8 +81,8 @@ async fn without_freshness_nothing_is_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_misses_make_one_upstream_request() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "")).await;
     let url = proxy.url(&format!("/hot?delay_ms=300&{CACHED}"));
     let tasks: Vec<_> = (0..100)
         .map(|_| tokio::spawn(get(Box::leak(url.clone().into_boxed_str()))))
@@ -101,8 +101,8 @@ async fn hundred_concurrent_misses_make_one_upstream_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uncacheable_leader_does_not_serialise_waiters() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "")).await;
     let url = proxy.url("/private?delay_ms=400&cc=no-store");
     let tasks: Vec<_> = (0..20)
         .map(|_| tokio::spawn(get(Box::leak(url.clone().into_boxed_str()))))
@@ -121,8 +121,8 @@ async fn uncacheable_leader_does_not_serialise_waiters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zstd_stored_once_served_both_ways() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "")).await;
     let pq = format!("/big.json?size=20000&{CACHED}");
     let plain = get(&proxy.url(&pq)).await;
     assert_eq!(plain.body.len(), 20000);
@@ -155,8 +155,8 @@ async fn zstd_stored_once_served_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_is_answered_from_the_stored_get() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "")).await;
     let pq = format!("/h?size=3000&{CACHED}");
     get(&proxy.url(&pq)).await;
     let head = send(
@@ -178,7 +178,7 @@ async fn upstream_down_is_a_502_json_error() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let proxy = Proxy::start(config(closed, "")).await;
+    let proxy = TestProxy::start(config(closed, "")).await;
     let got = get(&proxy.url("/x")).await;
     assert_eq!(got.status, 502);
     assert_eq!(got.header("content-type"), "application/json");
@@ -188,8 +188,8 @@ async fn upstream_down_is_a_502_json_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_slow_is_a_504_json_error() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "timeout = \"200ms\"")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "timeout = \"200ms\"")).await;
     let got = get(&proxy.url(&format!("/slow?delay_ms=1500&{CACHED}"))).await;
     assert_eq!(got.status, 504, "{:?}", got.body);
     assert_eq!(got.json()["error"]["code"], "upstream_timeout");
@@ -197,8 +197,8 @@ async fn upstream_slow_is_a_504_json_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_route_is_a_404_json_error() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "path_prefix = \"/api/\"")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "path_prefix = \"/api/\"")).await;
     let got = get(&proxy.url("/elsewhere")).await;
     assert_eq!(got.status, 404);
     assert_eq!(got.json()["error"]["code"], "no_route");
@@ -207,8 +207,8 @@ async fn no_route_is_a_404_json_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_requests_get_413_and_431() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "")).await;
     // Declared larger than the 1 MiB limit: answered before any body is read. Raw TCP, because
     // a client that insists on writing a whole 2 MiB body races the proxy closing the connection.
     let head = "POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 2097152\r\n\r\n";
@@ -226,8 +226,8 @@ async fn oversized_requests_get_413_and_431() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_methods_pass_through_with_forwarding_headers() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "")).await;
     let req = Request::post(proxy.url(&format!("/orders?{CACHED}")))
         .header("connection", "keep-alive, x-hop")
         .header("x-hop", "secret")
@@ -253,8 +253,8 @@ async fn other_methods_pass_through_with_forwarding_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_in_flight_requests() {
-    let up = Upstream::start().await;
-    let mut proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let mut proxy = TestProxy::start(config(up.addr, "")).await;
     let url = proxy.url("/slow?delay_ms=600");
     let in_flight = tokio::spawn(async move { get(&url).await });
     // Wait until the upstream has the request, then ask the proxy to stop.
@@ -280,8 +280,8 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "")).await;
     let pq = format!("/m?{CACHED}");
     get(&proxy.url(&pq)).await;
     get(&proxy.url(&pq)).await;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use augur::cache::entry::Entry;
 use augur::clock::Clock;
 use bytes::Bytes;
-use common::{config, eventually, get, post, until, Proxy, Upstream, CACHED};
+use common::{config, eventually, get, post, until, TestProxy, TestUpstream, CACHED};
 use redis_server::{RedisCluster, RedisServer};
 
 const PREFIX: &str = "augur-test:";
@@ -32,7 +32,7 @@ fn cluster_section(urls: &[String]) -> String {
 const HOST: &str = "api.example";
 
 /// GET `pq` from `proxy` with the fleet's Host.
-async fn fetch(proxy: &Proxy, pq: &str) -> common::Got {
+async fn fetch(proxy: &TestProxy, pq: &str) -> common::Got {
     common::get_with(&proxy.url(pq), &[("host", HOST)]).await
 }
 
@@ -67,7 +67,7 @@ async fn subscribed(conn: &mut redis::Connection, n: usize) {
 }
 
 /// Connecting is asynchronous by design (Augur starts without Redis): wait for it.
-async fn l2_ready(proxy: &Proxy) {
+async fn l2_ready(proxy: &TestProxy) {
     let url = proxy.admin_url("/readyz");
     eventually(Duration::from_secs(5), "L2 connected", || async {
         get(&url).await.json()["status"] == "ready"
@@ -75,16 +75,16 @@ async fn l2_ready(proxy: &Proxy) {
     .await;
 }
 
-async fn entries(proxy: &Proxy) -> u64 {
+async fn entries(proxy: &TestProxy) -> u64 {
     let got = get(&proxy.admin_url("/cache")).await;
     got.json()["entries"].as_u64().unwrap()
 }
 
 /// Two proxy instances sharing one Redis, both connected to it.
-async fn two_instances(redis: &RedisServer, up: &Upstream) -> (Proxy, Proxy) {
+async fn two_instances(redis: &RedisServer, up: &TestUpstream) -> (TestProxy, TestProxy) {
     let cfg = config(up.addr, &redis_section(&redis.url(), ""));
-    let a = Proxy::start(cfg.clone()).await;
-    let b = Proxy::start(cfg).await;
+    let a = TestProxy::start(cfg.clone()).await;
+    let b = TestProxy::start(cfg).await;
     l2_ready(&a).await;
     l2_ready(&b).await;
     (a, b)
@@ -93,7 +93,7 @@ async fn two_instances(redis: &RedisServer, up: &Upstream) -> (Proxy, Proxy) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_one_upstream_fetch() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let (a, b) = two_instances(&redis, &up).await;
     let pq = format!("/users/1?size=5000&{CACHED}");
 
@@ -126,11 +126,11 @@ async fn two_instances_share_one_upstream_fetch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promotion_keeps_the_remaining_lifetime() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let cfg = config(up.addr, &redis_section(&redis.url(), ""));
     let clock = Clock::manual();
-    let a = Proxy::start_with_clock(cfg.clone(), clock.clone()).await;
-    let b = Proxy::start_with_clock(cfg, clock.clone()).await;
+    let a = TestProxy::start_with_clock(cfg.clone(), clock.clone()).await;
+    let b = TestProxy::start_with_clock(cfg, clock.clone()).await;
     l2_ready(&a).await;
     l2_ready(&b).await;
     let pq = format!("/ttl?{CACHED}");
@@ -152,12 +152,12 @@ async fn promotion_keeps_the_remaining_lifetime() {
 }
 
 /// Two instances sharing Redis and one manual clock (the upstream's `Date` follows it).
-async fn two_on_one_clock(redis: &RedisServer, up: &Upstream) -> (Proxy, Proxy, Clock) {
+async fn two_on_one_clock(redis: &RedisServer, up: &TestUpstream) -> (TestProxy, TestProxy, Clock) {
     let cfg = config(up.addr, &redis_section(&redis.url(), ""));
     let clock = Clock::manual();
     up.follow(&clock);
-    let a = Proxy::start_with_clock(cfg.clone(), clock.clone()).await;
-    let b = Proxy::start_with_clock(cfg, clock.clone()).await;
+    let a = TestProxy::start_with_clock(cfg.clone(), clock.clone()).await;
+    let b = TestProxy::start_with_clock(cfg, clock.clone()).await;
     l2_ready(&a).await;
     l2_ready(&b).await;
     (a, b, clock)
@@ -177,7 +177,7 @@ fn pttl_ms(redis: &RedisServer) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l2_keeps_the_stale_window_for_the_whole_fleet() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let (a, b, clock) = two_on_one_clock(&redis, &up).await;
 
     let swr = "/swr?cc=public%2C%20max-age%3D10%2C%20stale-while-revalidate%3D30";
@@ -216,7 +216,7 @@ async fn l2_keeps_the_stale_window_for_the_whole_fleet() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l2_entries_obey_the_request_directives() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let (a, b, _clock) = two_on_one_clock(&redis, &up).await;
     let pq = "/nc?cc=public%2C%20max-age%3D60&h_etag=%22v1%22&validate=1";
     assert_eq!(fetch(&a, pq).await.x_cache(), "MISS");
@@ -233,7 +233,7 @@ async fn l2_entries_obey_the_request_directives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_on_one_instance_reaches_the_other() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let (a, b) = two_instances(&redis, &up).await;
     subscribed(&mut redis.conn(), 2).await;
     let pq = format!("/p?{CACHED}");
@@ -270,11 +270,11 @@ async fn purge_on_one_instance_reaches_the_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn variants_stay_local_and_a_purge_drops_them_fleet_wide() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let (a, b) = two_instances(&redis, &up).await;
     subscribed(&mut redis.conn(), 2).await;
     let pq = format!("/lang?{CACHED}&h_vary=Accept-Language");
-    let ask = |p: &Proxy, l: &'static str| {
+    let ask = |p: &TestProxy, l: &'static str| {
         let url = p.url(&pq);
         async move { common::get_with(&url, &[("host", HOST), ("accept-language", l)]).await }
     };
@@ -308,7 +308,7 @@ async fn variants_stay_local_and_a_purge_drops_them_fleet_wide() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_value_is_a_miss_and_is_overwritten() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let (a, b) = two_instances(&redis, &up).await;
     let pq = format!("/c?size=3000&{CACHED}");
     let first = fetch(&a, &pq).await;
@@ -356,7 +356,7 @@ async fn corrupt_value_is_a_miss_and_is_overwritten() {
         .arg("not an entry")
         .query(&mut conn)
         .unwrap();
-    let c = Proxy::start(config(up.addr, &redis_section(&redis.url(), ""))).await;
+    let c = TestProxy::start(config(up.addr, &redis_section(&redis.url(), ""))).await;
     l2_ready(&c).await;
     let got = fetch(&c, &pq).await;
     assert_eq!((got.status.as_u16(), got.x_cache()), (200, "MISS"));
@@ -365,8 +365,8 @@ async fn corrupt_value_is_a_miss_and_is_overwritten() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_load_fails_no_request() {
     let mut redis = RedisServer::start();
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, &redis_section(&redis.url(), ""))).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, &redis_section(&redis.url(), ""))).await;
     l2_ready(&proxy).await;
     let deadline = Duration::from_millis(100); // [redis].timeout in redis_section
     let mut worst = Duration::ZERO;
@@ -415,8 +415,8 @@ async fn redis_killed_mid_load_fails_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_redis_delays_no_request_past_the_deadline() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, &redis_section(&redis.url(), ""))).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, &redis_section(&redis.url(), ""))).await;
     l2_ready(&proxy).await;
     redis.freeze(true);
     let deadline = Duration::from_millis(100);
@@ -452,7 +452,7 @@ async fn hung_redis_delays_no_request_past_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_l2_use_resumes() {
     let mut redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let (a, b) = two_instances(&redis, &up).await;
     redis.kill();
     for i in 0..10 {
@@ -480,8 +480,8 @@ async fn redis_restarted_l2_use_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_at_start_serves_from_l1_then_connects() {
     let mut redis = RedisServer::unstarted();
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, &redis_section(&redis.url(), ""))).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, &redis_section(&redis.url(), ""))).await;
     let pq = format!("/early?{CACHED}");
     assert_eq!(fetch(&proxy, &pq).await.x_cache(), "MISS");
     assert_eq!(fetch(&proxy, &pq).await.x_cache(), "HIT");
@@ -506,12 +506,12 @@ async fn redis_down_at_start_serves_from_l1_then_connects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_rediss_with_a_private_ca() {
     let redis = RedisServer::start_tls();
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let extra = format!("ca_file = \"{}\"", redis.ca_file().display());
     let cfg = config(up.addr, &redis_section(&redis.url(), &extra));
     assert!(redis.url().starts_with("rediss://"));
-    let a = Proxy::start(cfg.clone()).await;
-    let b = Proxy::start(cfg).await;
+    let a = TestProxy::start(cfg.clone()).await;
+    let b = TestProxy::start(cfg).await;
     l2_ready(&a).await;
     l2_ready(&b).await;
     let pq = format!("/tls?{CACHED}");
@@ -524,10 +524,10 @@ async fn tls_rediss_with_a_private_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_spreads_keys_shares_and_purges() {
     let cluster = RedisCluster::start();
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let cfg = config(up.addr, &cluster_section(&cluster.urls()));
-    let a = Proxy::start(cfg.clone()).await;
-    let b = Proxy::start(cfg).await;
+    let a = TestProxy::start(cfg.clone()).await;
+    let b = TestProxy::start(cfg).await;
     l2_ready(&a).await;
     l2_ready(&b).await;
     let n = 30;

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use common::{config, eventually, get, get_with, post, send, Got, Proxy, Upstream};
+use common::{config, eventually, get, get_with, post, send, Got, TestProxy, TestUpstream};
 use http::Request;
 use http_body_util::Full;
 
@@ -33,14 +33,14 @@ fn http_date(offset_secs: i64) -> String {
     httpdate::fmt_http_date(t)
 }
 
-async fn start(extra: &str) -> (Upstream, Proxy) {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, extra)).await;
+async fn start(extra: &str) -> (TestUpstream, TestProxy) {
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, extra)).await;
     up.follow(&proxy.clock);
     (up, proxy)
 }
 
-async fn method(proxy: &Proxy, m: &str, pq: &str) -> Got {
+async fn method(proxy: &TestProxy, m: &str, pq: &str) -> Got {
     send(
         Request::builder()
             .method(m)
@@ -549,7 +549,7 @@ async fn route_grace_for_origins_that_send_no_stale_directives() {
 // ───────────────────────────── Vary (§4.1) ─────────────────────────────
 
 /// GET `pq` with `Accept-Language` lines (none = header absent); the upstream echoes what it got.
-async fn lang(proxy: &Proxy, pq: &str, lines: &[&str]) -> Got {
+async fn lang(proxy: &TestProxy, pq: &str, lines: &[&str]) -> Got {
     let headers: Vec<(&str, &str)> = lines.iter().map(|l| ("accept-language", *l)).collect();
     get_with(&proxy.url(pq), &headers).await
 }
@@ -634,10 +634,10 @@ async fn vary_star_never_matches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn variants_per_url_are_bounded_by_max_variants() {
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let mut cfg = config(up.addr, "");
     cfg.cache.max_variants = 2;
-    let proxy = Proxy::start(cfg).await;
+    let proxy = TestProxy::start(cfg).await;
     up.follow(&proxy.clock);
     let p = pq("/many", &[("cc", "max-age=60"), ("h_vary", "X-Variant")]);
     let variant = |v: &'static str| {

@@ -74,11 +74,11 @@ pub async fn until(what: &str, mut check: impl FnMut() -> bool) {
 /// number of requests served for this path-and-query so far.
 ///
 /// A fault switches every response at once (the URL, hence the cache key, stays the same):
-/// [`Upstream::fail_with`] a status, [`Upstream::answer_after`] a delay, until
-/// [`Upstream::recover`]. [`Upstream::stop`] drops every connection without answering and
+/// [`TestUpstream::fail_with`] a status, [`TestUpstream::answer_after`] a delay, until
+/// [`TestUpstream::recover`]. [`TestUpstream::stop`] drops every connection without answering and
 /// closes the listener, so new connections are refused.
 #[derive(Clone)]
-pub struct Upstream {
+pub struct TestUpstream {
     pub addr: SocketAddr,
     counts: Arc<Mutex<HashMap<String, usize>>>,
     total: Arc<AtomicUsize>,
@@ -86,16 +86,16 @@ pub struct Upstream {
     max_inflight: Arc<AtomicUsize>,
     last_headers: Arc<Mutex<Option<HeaderMap>>>,
     fault: Arc<Mutex<Option<Fault>>>,
-    /// When set ([`Upstream::follow`]), the `Date` header follows this clock instead of the
+    /// When set ([`TestUpstream::follow`]), the `Date` header follows this clock instead of the
     /// real time, so that the proxy's manual clock and the upstream agree on ages.
     clock: Arc<Mutex<Option<Clock>>>,
     accept: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
-impl Upstream {
-    pub async fn start() -> Upstream {
+impl TestUpstream {
+    pub async fn start() -> TestUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let up = Upstream {
+        let up = TestUpstream {
             addr: listener.local_addr().unwrap(),
             counts: Default::default(),
             total: Default::default(),
@@ -382,36 +382,38 @@ upstream = "http://{upstream}"
     Config::from_str(&text, "test.toml").unwrap_or_else(|e| panic!("test config: {e}"))
 }
 
-/// A running proxy.
-pub struct Proxy {
+/// The real proxy, running on port 0 with its admin listener, under a manual clock unless
+/// started with another.
+pub struct TestProxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub clock: Clock,
-    pub instance_proxy: Arc<augur::proxy::Proxy>,
+    /// The proxy inside, for a test that reaches past HTTP.
+    pub proxy: Arc<augur::proxy::Proxy>,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
-impl Proxy {
-    pub async fn start(config: Config) -> Proxy {
+impl TestProxy {
+    pub async fn start(config: Config) -> TestProxy {
         Self::start_with_clock(config, Clock::manual()).await
     }
 
-    pub async fn start_with_clock(config: Config, clock: Clock) -> Proxy {
+    pub async fn start_with_clock(config: Config, clock: Clock) -> TestProxy {
         let listeners = Listeners::bind(&config).await.unwrap();
         let addr = listeners.proxy.local_addr().unwrap();
         let admin = listeners.admin.local_addr().unwrap();
         let instance = Instance::new(&config, clock.clone()).unwrap();
-        let instance_proxy = instance.proxy.clone();
+        let proxy = instance.proxy.clone();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server::run(config, instance, listeners, async {
             let _ = rx.await;
         }));
-        Proxy {
+        TestProxy {
             addr,
             admin,
             clock,
-            instance_proxy,
+            proxy,
             shutdown: Some(tx),
             task: Some(task),
         }
