@@ -7,73 +7,41 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::{config, get, get_with, send, Proxy, Upstream};
-use http::Request;
-use http_body_util::Full;
+use common::{
+    config, eventually, get, get_with, post, until, TestProxy, TestUpstream, CACHED, PATIENCE,
+};
 
-/// Fresh for a minute.
-const CC: &str = "cc=public%2C%20max-age%3D60";
-
+/// `path`, fresh for a minute.
 fn url(path: &str) -> String {
-    format!("{path}?{CC}")
+    format!("{path}?{CACHED}")
 }
 
 /// Empty the cache (what the client trained on is gone; the model stays).
-async fn purge(proxy: &Proxy) {
-    let req = Request::post(format!("http://{}/purge/all", proxy.admin))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    assert_eq!(send(req).await.status, 200);
-}
-
-/// Poll `f` every 10 ms for up to 5 s.
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
-/// The value of an unlabelled metric on the admin listener.
-async fn metric(proxy: &Proxy, name: &str) -> f64 {
-    let got = get(&format!("http://{}/metrics", proxy.admin)).await;
-    let text = String::from_utf8_lossy(&got.body).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
+async fn purge(proxy: &TestProxy) {
+    assert_eq!(post(&proxy.admin_url("/purge/all")).await.status, 200);
 }
 
 /// Wait until no prefetch is in flight (each one reached the cache or failed).
-async fn settled(proxy: &Proxy) {
-    for _ in 0..500 {
-        if metric(proxy, "augur_prefetch_in_flight").await == 0.0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("prefetches still in flight");
+async fn settled(proxy: &TestProxy) {
+    eventually(PATIENCE, "no prefetch in flight", || async {
+        proxy.metric("augur_prefetch_in_flight").await == 0.0
+    })
+    .await;
 }
 
-async fn until_metric(proxy: &Proxy, name: &str, at_least: f64) {
-    for _ in 0..500 {
-        if metric(proxy, name).await >= at_least {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {name} >= {at_least}");
+async fn until_metric(proxy: &TestProxy, name: &str, at_least: f64) {
+    eventually(PATIENCE, &format!("{name} >= {at_least}"), || async {
+        proxy.metric(name).await >= at_least
+    })
+    .await;
 }
 
 const PREFETCH: &str = "prefetch = true";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trained_a_then_b_prefetches_b_and_the_client_hits() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, PREFETCH)).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, PREFETCH)).await;
     let (a, b) = (url("/a"), url("/b"));
     get(&proxy.url(&a)).await;
     get(&proxy.url(&b)).await; // learns a ─► b
@@ -90,15 +58,15 @@ async fn trained_a_then_b_prefetches_b_and_the_client_hits() {
     assert_eq!(up.count(&b), 2);
     until_metric(&proxy, "augur_prefetch_hits_total", 1.0).await;
     until_metric(&proxy, "augur_prefetch_used_total", 1.0).await;
-    assert_eq!(metric(&proxy, "augur_prefetch_issued_total").await, 1.0);
-    assert_eq!(metric(&proxy, "augur_prefetch_precision").await, 1.0);
+    assert_eq!(proxy.metric("augur_prefetch_issued_total").await, 1.0);
+    assert_eq!(proxy.metric("augur_prefetch_precision").await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_are_told_apart_by_the_configured_cookie() {
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let extra = "prefetch = true\n\n[prefetch]\nclient_cookie = \"session\"";
-    let proxy = Proxy::start(config(up.addr, extra)).await;
+    let proxy = TestProxy::start(config(up.addr, extra)).await;
     let (a, b, x, y) = (url("/a"), url("/b"), url("/x"), url("/y"));
     // Two clients interleaved from one address. By cookie they learn a ─► b and x ─► y; by
     // address (or by the whole Cookie line, which changes with `theme`) they would learn a ─► x.
@@ -116,9 +84,9 @@ async fn clients_are_told_apart_by_the_configured_cookie() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_asking_while_the_prefetch_is_in_flight_waits_for_it() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, PREFETCH)).await;
-    let (a, b) = (url("/a"), format!("/slow?delay_ms=400&{CC}"));
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, PREFETCH)).await;
+    let (a, b) = (url("/a"), format!("/slow?delay_ms=400&{CACHED}"));
     get(&proxy.url(&a)).await;
     get(&proxy.url(&b)).await;
     purge(&proxy).await;
@@ -137,10 +105,10 @@ async fn client_asking_while_the_prefetch_is_in_flight_waits_for_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_starts_when_the_request_arrives_not_when_it_completes() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, PREFETCH)).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, PREFETCH)).await;
     // a takes the upstream a second: its successor's prefetch need not wait for it.
-    let (a, b) = (format!("/slow?delay_ms=1000&{CC}"), url("/b"));
+    let (a, b) = (format!("/slow?delay_ms=1000&{CACHED}"), url("/b"));
     get(&proxy.url(&a)).await;
     get(&proxy.url(&b)).await; // learns a ─► b
     purge(&proxy).await;
@@ -164,8 +132,8 @@ async fn prefetch_starts_when_the_request_arrives_not_when_it_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn template_carries_ids_over() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, PREFETCH)).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, PREFETCH)).await;
     for id in [1, 2] {
         get(&proxy.url(&url(&format!("/users/{id}")))).await;
         get(&proxy.url(&url(&format!("/users/{id}/orders")))).await;
@@ -180,13 +148,13 @@ async fn template_carries_ids_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_without_prefetch_is_never_prefetched() {
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     // `api` (prefetch) serves /pf/…; `plain` (no prefetch) everything else.
     let extra = format!(
         "path_prefix = \"/pf/\"\nprefetch = true\n\n[[route]]\nname = \"plain\"\nupstream = \"http://{}\"",
         up.addr
     );
-    let proxy = Proxy::start(config(up.addr, &extra)).await;
+    let proxy = TestProxy::start(config(up.addr, &extra)).await;
     let (a, b) = (url("/a"), url("/b"));
     let (c, d) = (url("/pf/c"), url("/pf/d"));
     for p in [&a, &b, &c, &d] {
@@ -203,11 +171,7 @@ async fn route_without_prefetch_is_never_prefetched() {
     );
 
     // The model still learned a ─► b, and the admin endpoint shows it.
-    let t = get(&format!(
-        "http://{}/prefetch/transitions?limit=50",
-        proxy.admin
-    ))
-    .await;
+    let t = get(&proxy.admin_url("/prefetch/transitions?limit=50")).await;
     let json = t.json();
     let strongest = json["strongest"].as_array().unwrap();
     assert!(
@@ -221,9 +185,9 @@ async fn route_without_prefetch_is_never_prefetched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_are_never_forwarded_unless_listed() {
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let extra = "prefetch = true\nprefetch_forward_headers = [\"Accept-Language\"]";
-    let proxy = Proxy::start(config(up.addr, extra)).await;
+    let proxy = TestProxy::start(config(up.addr, extra)).await;
     let h = [
         ("authorization", "Bearer secret"),
         ("cookie", "session=s3cret"),
@@ -250,8 +214,8 @@ async fn credentials_are_never_forwarded_unless_listed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prefetch_gone_from_the_cache_before_its_window_ends_is_wasted_as_evicted() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, PREFETCH)).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, PREFETCH)).await;
     let (a, b, c) = (url("/a"), url("/b"), url("/c"));
     get(&proxy.url(&a)).await;
     get(&proxy.url(&b)).await; // learns a ─► b
@@ -263,15 +227,15 @@ async fn a_prefetch_gone_from_the_cache_before_its_window_ends_is_wasted_as_evic
     proxy.clock.advance(Duration::from_secs(2)); // the worker sweeps at most once a second
     get(&proxy.url(&c)).await;
     until_metric(&proxy, "augur_prefetch_wasted_evicted_total", 1.0).await;
-    assert_eq!(metric(&proxy, "augur_prefetch_wasted_total").await, 1.0);
-    assert_eq!(metric(&proxy, "augur_prefetch_used_total").await, 0.0);
+    assert_eq!(proxy.metric("augur_prefetch_wasted_total").await, 1.0);
+    assert_eq!(proxy.metric("augur_prefetch_used_total").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn precision_floor_switches_a_noisy_transition_off() {
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let extra = "prefetch = true\n\n[prefetch]\nclient_header = \"x-client-id\"\nprecision_floor = 0.5\nmin_samples = 2\nuse_window = \"1s\"\nbudget = 1.0\nidle_gap = \"5s\"";
-    let proxy = Proxy::start(config(up.addr, extra)).await;
+    let proxy = TestProxy::start(config(up.addr, extra)).await;
     let n = [("x-client-id", "noisy")];
     let ctl = [("x-client-id", "control")];
     let (a, b) = (url("/a"), url("/b"));
@@ -301,14 +265,10 @@ async fn precision_floor_switches_a_noisy_transition_off() {
     // Each b was purged before the sweep that resolved it, but its window had ended by then:
     // unused, not evicted.
     assert_eq!(
-        metric(&proxy, "augur_prefetch_wasted_evicted_total").await,
+        proxy.metric("augur_prefetch_wasted_evicted_total").await,
         0.0
     );
-    let t = get(&format!(
-        "http://{}/prefetch/transitions?limit=50",
-        proxy.admin
-    ))
-    .await;
+    let t = get(&proxy.admin_url("/prefetch/transitions?limit=50")).await;
     let json = t.json();
     assert!(
         json["strongest"].as_array().unwrap().iter().any(|t| t["to"]
@@ -322,16 +282,16 @@ async fn precision_floor_switches_a_noisy_transition_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budget_caps_prefetches_under_a_burst() {
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let extra = "prefetch = true\n\n[prefetch]\nbudget = 0.1\nmax_concurrency = 64";
-    let proxy = Proxy::start(config(up.addr, extra)).await;
+    let proxy = TestProxy::start(config(up.addr, extra)).await;
     const N: usize = 30;
     for i in 0..N {
         get(&proxy.url(&url(&format!("/a{i}")))).await;
         get(&proxy.url(&url(&format!("/b{i}")))).await;
     }
     purge(&proxy).await;
-    let before = metric(&proxy, "augur_prefetch_dropped_budget_total").await;
+    let before = proxy.metric("augur_prefetch_dropped_budget_total").await;
     for i in 0..N {
         get(&proxy.url(&url(&format!("/a{i}")))).await;
     }
@@ -339,8 +299,8 @@ async fn budget_caps_prefetches_under_a_burst() {
     let mut issued = 0.0;
     let mut dropped = 0.0;
     for _ in 0..500 {
-        issued = metric(&proxy, "augur_prefetch_issued_total").await;
-        dropped = metric(&proxy, "augur_prefetch_dropped_budget_total").await - before;
+        issued = proxy.metric("augur_prefetch_issued_total").await;
+        dropped = proxy.metric("augur_prefetch_dropped_budget_total").await - before;
         if issued + dropped >= N as f64 {
             break;
         }
@@ -359,7 +319,7 @@ async fn budget_caps_prefetches_under_a_burst() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_survives_a_restart() {
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("model.json");
     let extra = format!(
@@ -369,7 +329,7 @@ async fn model_survives_a_restart() {
     let (a, b) = (url("/a"), url("/b"));
     // The model keys on the request's host: send the same one to both instances.
     let host = [("host", "api.example")];
-    let mut first = Proxy::start(config(up.addr, &extra)).await;
+    let mut first = TestProxy::start(config(up.addr, &extra)).await;
     get_with(&first.url(&a), &host).await;
     get_with(&first.url(&b), &host).await;
     first.shutdown();
@@ -377,7 +337,7 @@ async fn model_survives_a_restart() {
     assert!(matches!(done, Ok(Ok(Ok(())))));
     assert!(file.exists(), "model saved on shutdown");
 
-    let second = Proxy::start(config(up.addr, &extra)).await; // empty cache, loaded model
+    let second = TestProxy::start(config(up.addr, &extra)).await; // empty cache, loaded model
     get_with(&second.url(&a), &host).await;
     until("b prefetched by the restarted proxy", || up.count(&b) == 2).await;
     settled(&second).await;

@@ -3,20 +3,17 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{config, get, get_with, send, Proxy, Upstream};
+use common::{config, eventually, get, get_with, post, send, TestProxy, TestUpstream, CACHED};
 use http::Request;
 use http_body_util::Full;
 
-const CACHED: &str = "cc=public%2C%20max-age%3D60";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn miss_then_hit_with_one_upstream_request() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "")).await;
     let pq = format!("/users/1?{CACHED}");
     let first = get(&proxy.url(&pq)).await;
     assert_eq!(first.status, 200);
@@ -32,8 +29,8 @@ async fn miss_then_hit_with_one_upstream_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_order_and_encoding_do_not_split_the_cache() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "")).await;
     assert_eq!(
         get(&proxy.url(&format!("/q?b=2&a=%41&{CACHED}")))
             .await
@@ -51,8 +48,8 @@ async fn query_order_and_encoding_do_not_split_the_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_ttl_applies_and_expiry_refetches() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "ttl = \"30s\"")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "ttl = \"30s\"")).await;
     let pq = "/plain"; // the upstream sends no Cache-Control: the route TTL decides
     assert_eq!(get(&proxy.url(pq)).await.x_cache(), "MISS");
     proxy.clock.advance(Duration::from_secs(29));
@@ -68,8 +65,8 @@ async fn route_ttl_applies_and_expiry_refetches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_freshness_nothing_is_stored() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "")).await;
     for _ in 0..3 {
         assert_eq!(get(&proxy.url("/plain")).await.x_cache(), "MISS");
     }
@@ -84,8 +81,8 @@ async fn without_freshness_nothing_is_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_misses_make_one_upstream_request() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "")).await;
     let url = proxy.url(&format!("/hot?delay_ms=300&{CACHED}"));
     let tasks: Vec<_> = (0..100)
         .map(|_| tokio::spawn(get(Box::leak(url.clone().into_boxed_str()))))
@@ -98,19 +95,14 @@ async fn hundred_concurrent_misses_make_one_upstream_request() {
     }
     assert!(bodies.windows(2).all(|w| w[0] == w[1]));
     assert_eq!(up.total(), 1, "coalesced into one upstream request");
-    let metrics = get(&format!("http://{}/metrics", proxy.admin)).await;
-    let text = String::from_utf8_lossy(&metrics.body);
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("augur_coalesced_total ") && !l.ends_with(" 0")),
-        "{text}"
-    );
+    let coalesced = proxy.metric("augur_coalesced_total").await;
+    assert!(coalesced > 0.0, "augur_coalesced_total {coalesced}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uncacheable_leader_does_not_serialise_waiters() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "")).await;
     let url = proxy.url("/private?delay_ms=400&cc=no-store");
     let tasks: Vec<_> = (0..20)
         .map(|_| tokio::spawn(get(Box::leak(url.clone().into_boxed_str()))))
@@ -120,7 +112,7 @@ async fn uncacheable_leader_does_not_serialise_waiters() {
     }
     assert_eq!(up.total(), 20, "every request fetched for itself");
     // Serialised waiters would reach the upstream one at a time.
-    let peak = up.max_inflight.load(Ordering::SeqCst);
+    let peak = up.peak_concurrency();
     assert!(
         peak >= 10,
         "waiters fetched concurrently (peak upstream concurrency {peak})"
@@ -129,8 +121,8 @@ async fn uncacheable_leader_does_not_serialise_waiters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zstd_stored_once_served_both_ways() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "")).await;
     let pq = format!("/big.json?size=20000&{CACHED}");
     let plain = get(&proxy.url(&pq)).await;
     assert_eq!(plain.body.len(), 20000);
@@ -157,22 +149,14 @@ async fn zstd_stored_once_served_both_ways() {
     assert_eq!(again.body, original);
     assert_eq!(up.count(&pq), 1);
 
-    let metrics =
-        String::from_utf8_lossy(&get(&format!("http://{}/metrics", proxy.admin)).await.body)
-            .into_owned();
-    let saved: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("augur_compression_saved_bytes_total "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let saved = proxy.metric("augur_compression_saved_bytes_total").await;
     assert!(saved > 10_000.0, "{saved}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_is_answered_from_the_stored_get() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "")).await;
     let pq = format!("/h?size=3000&{CACHED}");
     get(&proxy.url(&pq)).await;
     let head = send(
@@ -194,7 +178,7 @@ async fn upstream_down_is_a_502_json_error() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let proxy = Proxy::start(config(closed, "")).await;
+    let proxy = TestProxy::start(config(closed, "")).await;
     let got = get(&proxy.url("/x")).await;
     assert_eq!(got.status, 502);
     assert_eq!(got.header("content-type"), "application/json");
@@ -204,8 +188,8 @@ async fn upstream_down_is_a_502_json_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_slow_is_a_504_json_error() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "timeout = \"200ms\"")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "timeout = \"200ms\"")).await;
     let got = get(&proxy.url(&format!("/slow?delay_ms=1500&{CACHED}"))).await;
     assert_eq!(got.status, 504, "{:?}", got.body);
     assert_eq!(got.json()["error"]["code"], "upstream_timeout");
@@ -213,8 +197,8 @@ async fn upstream_slow_is_a_504_json_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_route_is_a_404_json_error() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "path_prefix = \"/api/\"")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "path_prefix = \"/api/\"")).await;
     let got = get(&proxy.url("/elsewhere")).await;
     assert_eq!(got.status, 404);
     assert_eq!(got.json()["error"]["code"], "no_route");
@@ -223,8 +207,8 @@ async fn no_route_is_a_404_json_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_requests_get_413_and_431() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "")).await;
     // Declared larger than the 1 MiB limit: answered before any body is read. Raw TCP, because
     // a client that insists on writing a whole 2 MiB body races the proxy closing the connection.
     let head = "POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 2097152\r\n\r\n";
@@ -242,8 +226,8 @@ async fn oversized_requests_get_413_and_431() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_methods_pass_through_with_forwarding_headers() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "")).await;
     let req = Request::post(proxy.url(&format!("/orders?{CACHED}")))
         .header("connection", "keep-alive, x-hop")
         .header("x-hop", "secret")
@@ -253,7 +237,7 @@ async fn other_methods_pass_through_with_forwarding_headers() {
     let got = send(req).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.x_cache(), "BYPASS");
-    let seen = up.last_headers.lock().unwrap().clone().unwrap();
+    let seen = up.last_request_headers();
     assert!(
         !seen.contains_key("x-hop"),
         "Connection-named header removed"
@@ -263,30 +247,25 @@ async fn other_methods_pass_through_with_forwarding_headers() {
     assert_eq!(seen["x-forwarded-host"], proxy.addr.to_string());
     assert_eq!(seen["host"], up.addr.to_string());
     // A second POST goes upstream again.
-    send(
-        Request::post(proxy.url(&format!("/orders?{CACHED}")))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    post(&proxy.url(&format!("/orders?{CACHED}"))).await;
     assert_eq!(up.total(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_in_flight_requests() {
-    let up = Upstream::start().await;
-    let mut proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let mut proxy = TestProxy::start(config(up.addr, "")).await;
     let url = proxy.url("/slow?delay_ms=600");
     let in_flight = tokio::spawn(async move { get(&url).await });
     // Wait until the upstream has the request, then ask the proxy to stop.
-    for _ in 0..200 {
-        if up.total() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(
+        Duration::from_secs(1),
+        "the upstream has the request",
+        || async { up.total() == 1 },
+    )
+    .await;
     assert_eq!(up.total(), 1);
-    let ready = get(&format!("http://{}/readyz", proxy.admin)).await;
+    let ready = get(&proxy.admin_url("/readyz")).await;
     assert_eq!(ready.status, 200);
     proxy.shutdown();
     let got = in_flight.await.unwrap();
@@ -301,15 +280,14 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "")).await;
     let pq = format!("/m?{CACHED}");
     get(&proxy.url(&pq)).await;
     get(&proxy.url(&pq)).await;
-    let admin = |p: &str| format!("http://{}{}", proxy.admin, p);
-    assert_eq!(get(&admin("/healthz")).await.status, 200);
-    assert_eq!(get(&admin("/readyz")).await.status, 200);
-    let text = String::from_utf8_lossy(&get(&admin("/metrics")).await.body).into_owned();
+    assert_eq!(get(&proxy.admin_url("/healthz")).await.status, 200);
+    assert_eq!(get(&proxy.admin_url("/readyz")).await.status, 200);
+    let text = String::from_utf8_lossy(&get(&proxy.admin_url("/metrics")).await.body).into_owned();
     for needle in [
         r#"augur_requests_total{route="api",cache="HIT",status="2xx"} 1"#,
         r#"augur_requests_total{route="api",cache="MISS",status="2xx"} 1"#,
@@ -321,16 +299,7 @@ async fn admin_endpoints() {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
     // Purge by URL, then the next request is a miss.
-    let purge_url = admin(&format!(
-        "/purge?url={}",
-        percent_encoding::utf8_percent_encode(&proxy.url(&pq), percent_encoding::NON_ALPHANUMERIC)
-    ));
-    let purged = send(
-        Request::post(purge_url)
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let purged = post(&proxy.purge_url(&proxy.url(&pq))).await;
     assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
     assert_eq!(get(&proxy.url(&pq)).await.x_cache(), "MISS");
     assert_eq!(up.count(&pq), 2);

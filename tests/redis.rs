@@ -6,18 +6,14 @@ mod common;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use augur::cache::entry::Entry;
 use augur::clock::Clock;
 use bytes::Bytes;
-use common::{config, get, send, Proxy, Upstream};
-use http::Request;
-use http_body_util::Full;
+use common::{config, eventually, get, post, until, TestProxy, TestUpstream, CACHED};
 use redis_server::{RedisCluster, RedisServer};
 
-const CACHED: &str = "cc=public%2C%20max-age%3D60";
 const PREFIX: &str = "augur-test:";
 
 fn redis_section(url: &str, extra: &str) -> String {
@@ -36,24 +32,8 @@ fn cluster_section(urls: &[String]) -> String {
 const HOST: &str = "api.example";
 
 /// GET `pq` from `proxy` with the fleet's Host.
-async fn fetch(proxy: &Proxy, pq: &str) -> common::Got {
+async fn fetch(proxy: &TestProxy, pq: &str) -> common::Got {
     common::get_with(&proxy.url(pq), &[("host", HOST)]).await
-}
-
-/// Poll `check` every 20 ms until it holds, for at most `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn keys(server: &RedisServer) -> Vec<Vec<u8>> {
@@ -75,59 +55,36 @@ async fn written(redis: &RedisServer, n: usize) {
 
 /// Both instances subscribed to the invalidation channel (so a purge reaches them).
 async fn subscribed(conn: &mut redis::Connection, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    until(&format!("{n} subscribers to {PREFIX}invalidate"), || {
         let (_, count): (String, usize) = redis::cmd("PUBSUB")
             .arg("NUMSUB")
             .arg(format!("{PREFIX}invalidate"))
             .query(conn)
             .unwrap();
-        if count >= n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{count} of {n} subscribed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        count >= n
+    })
+    .await;
 }
 
 /// Connecting is asynchronous by design (Augur starts without Redis): wait for it.
-async fn l2_ready(proxy: &Proxy) {
-    let url = format!("http://{}/readyz", proxy.admin);
+async fn l2_ready(proxy: &TestProxy) {
+    let url = proxy.admin_url("/readyz");
     eventually(Duration::from_secs(5), "L2 connected", || async {
         get(&url).await.json()["status"] == "ready"
     })
     .await;
 }
 
-async fn metric(proxy: &Proxy, series: &str) -> f64 {
-    let text = String::from_utf8_lossy(&get(&format!("http://{}/metrics", proxy.admin)).await.body)
-        .into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
-async fn entries(proxy: &Proxy) -> u64 {
-    let got = get(&format!("http://{}/cache", proxy.admin)).await;
+async fn entries(proxy: &TestProxy) -> u64 {
+    let got = get(&proxy.admin_url("/cache")).await;
     got.json()["entries"].as_u64().unwrap()
 }
 
-async fn post(url: &str) -> common::Got {
-    send(Request::post(url).body(Full::new(Bytes::new())).unwrap()).await
-}
-
-fn purge_url(admin: std::net::SocketAddr, target: &str) -> String {
-    format!(
-        "http://{admin}/purge?url={}",
-        percent_encoding::utf8_percent_encode(target, percent_encoding::NON_ALPHANUMERIC)
-    )
-}
-
 /// Two proxy instances sharing one Redis, both connected to it.
-async fn two_instances(redis: &RedisServer, up: &Upstream) -> (Proxy, Proxy) {
+async fn two_instances(redis: &RedisServer, up: &TestUpstream) -> (TestProxy, TestProxy) {
     let cfg = config(up.addr, &redis_section(&redis.url(), ""));
-    let a = Proxy::start(cfg.clone()).await;
-    let b = Proxy::start(cfg).await;
+    let a = TestProxy::start(cfg.clone()).await;
+    let b = TestProxy::start(cfg).await;
     l2_ready(&a).await;
     l2_ready(&b).await;
     (a, b)
@@ -136,7 +93,7 @@ async fn two_instances(redis: &RedisServer, up: &Upstream) -> (Proxy, Proxy) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_one_upstream_fetch() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let (a, b) = two_instances(&redis, &up).await;
     let pq = format!("/users/1?size=5000&{CACHED}");
 
@@ -153,18 +110,15 @@ async fn two_instances_share_one_upstream_fetch() {
     assert_eq!(again.header("x-cache-tier"), "", "promoted: now an L1 hit");
     assert_eq!(up.count(&pq), 1, "one upstream hit for the fleet");
     assert_eq!(
-        metric(&b, r#"augur_l2_requests_total{result="hit"}"#).await,
+        b.metric(r#"augur_l2_requests_total{result="hit"}"#).await,
         1.0
     );
     assert_eq!(
-        metric(&a, r#"augur_l2_requests_total{result="miss"}"#).await,
+        a.metric(r#"augur_l2_requests_total{result="miss"}"#).await,
         1.0
     );
-    assert_eq!(
-        metric(&a, r#"augur_l2_writes_total{result="ok"}"#).await,
-        1.0
-    );
-    let ready = get(&format!("http://{}/readyz", b.admin)).await;
+    assert_eq!(a.metric(r#"augur_l2_writes_total{result="ok"}"#).await, 1.0);
+    let ready = get(&b.admin_url("/readyz")).await;
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["status"], "ready", "{:?}", ready.body);
 }
@@ -172,11 +126,11 @@ async fn two_instances_share_one_upstream_fetch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promotion_keeps_the_remaining_lifetime() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let cfg = config(up.addr, &redis_section(&redis.url(), ""));
     let clock = Clock::manual();
-    let a = Proxy::start_with_clock(cfg.clone(), clock.clone()).await;
-    let b = Proxy::start_with_clock(cfg, clock.clone()).await;
+    let a = TestProxy::start_with_clock(cfg.clone(), clock.clone()).await;
+    let b = TestProxy::start_with_clock(cfg, clock.clone()).await;
     l2_ready(&a).await;
     l2_ready(&b).await;
     let pq = format!("/ttl?{CACHED}");
@@ -198,12 +152,12 @@ async fn promotion_keeps_the_remaining_lifetime() {
 }
 
 /// Two instances sharing Redis and one manual clock (the upstream's `Date` follows it).
-async fn two_on_one_clock(redis: &RedisServer, up: &Upstream) -> (Proxy, Proxy, Clock) {
+async fn two_on_one_clock(redis: &RedisServer, up: &TestUpstream) -> (TestProxy, TestProxy, Clock) {
     let cfg = config(up.addr, &redis_section(&redis.url(), ""));
     let clock = Clock::manual();
     up.follow(&clock);
-    let a = Proxy::start_with_clock(cfg.clone(), clock.clone()).await;
-    let b = Proxy::start_with_clock(cfg, clock.clone()).await;
+    let a = TestProxy::start_with_clock(cfg.clone(), clock.clone()).await;
+    let b = TestProxy::start_with_clock(cfg, clock.clone()).await;
     l2_ready(&a).await;
     l2_ready(&b).await;
     (a, b, clock)
@@ -223,7 +177,7 @@ fn pttl_ms(redis: &RedisServer) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l2_keeps_the_stale_window_for_the_whole_fleet() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let (a, b, clock) = two_on_one_clock(&redis, &up).await;
 
     let swr = "/swr?cc=public%2C%20max-age%3D10%2C%20stale-while-revalidate%3D30";
@@ -249,20 +203,20 @@ async fn l2_keeps_the_stale_window_for_the_whole_fleet() {
     assert_eq!(fetch(&a, sie).await.x_cache(), "MISS");
     written(&redis, 2).await;
     clock.advance(Duration::from_secs(30));
-    up.fail.store(503, std::sync::atomic::Ordering::SeqCst);
+    up.fail_with(503);
     let stood_in = fetch(&b, sie).await;
     assert_eq!(
         (stood_in.status.as_u16(), stood_in.x_cache()),
         (200, "STALE")
     );
-    up.fail.store(0, std::sync::atomic::Ordering::SeqCst);
+    up.recover();
 }
 
 /// An entry promoted from Redis answers only what its freshness allows for *this* request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l2_entries_obey_the_request_directives() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let (a, b, _clock) = two_on_one_clock(&redis, &up).await;
     let pq = "/nc?cc=public%2C%20max-age%3D60&h_etag=%22v1%22&validate=1";
     assert_eq!(fetch(&a, pq).await.x_cache(), "MISS");
@@ -279,7 +233,7 @@ async fn l2_entries_obey_the_request_directives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_on_one_instance_reaches_the_other() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let (a, b) = two_instances(&redis, &up).await;
     subscribed(&mut redis.conn(), 2).await;
     let pq = format!("/p?{CACHED}");
@@ -288,7 +242,7 @@ async fn purge_on_one_instance_reaches_the_other() {
     assert_eq!(fetch(&b, &pq).await.x_cache(), "HIT");
     assert_eq!(entries(&b).await, 1);
 
-    let purged = post(&purge_url(a.admin, &format!("http://{HOST}{pq}"))).await;
+    let purged = post(&a.purge_url(&format!("http://{HOST}{pq}"))).await;
     assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
     assert!(keys(&redis).is_empty(), "gone from Redis");
     eventually(Duration::from_secs(2), "B drops it from L1", || async {
@@ -302,10 +256,7 @@ async fn purge_on_one_instance_reaches_the_other() {
     fetch(&a, &format!("/q?{CACHED}")).await;
     written(&redis, 2).await;
     assert_eq!(fetch(&b, &format!("/q?{CACHED}")).await.x_cache(), "HIT");
-    assert_eq!(
-        post(&format!("http://{}/purge/all", b.admin)).await.status,
-        200
-    );
+    assert_eq!(post(&b.admin_url("/purge/all")).await.status, 200);
     assert!(keys(&redis).is_empty());
     eventually(Duration::from_secs(2), "A clears its L1", || async {
         entries(&a).await == 0
@@ -319,11 +270,11 @@ async fn purge_on_one_instance_reaches_the_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn variants_stay_local_and_a_purge_drops_them_fleet_wide() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let (a, b) = two_instances(&redis, &up).await;
     subscribed(&mut redis.conn(), 2).await;
     let pq = format!("/lang?{CACHED}&h_vary=Accept-Language");
-    let ask = |p: &Proxy, l: &'static str| {
+    let ask = |p: &TestProxy, l: &'static str| {
         let url = p.url(&pq);
         async move { common::get_with(&url, &[("host", HOST), ("accept-language", l)]).await }
     };
@@ -344,7 +295,7 @@ async fn variants_stay_local_and_a_purge_drops_them_fleet_wide() {
         "nothing varying is written to Redis"
     );
 
-    let purged = post(&purge_url(a.admin, &format!("http://{HOST}{pq}"))).await;
+    let purged = post(&a.purge_url(&format!("http://{HOST}{pq}"))).await;
     assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
     eventually(Duration::from_secs(2), "B drops its variants", || async {
         entries(&b).await == 0
@@ -357,7 +308,7 @@ async fn variants_stay_local_and_a_purge_drops_them_fleet_wide() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_value_is_a_miss_and_is_overwritten() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let (a, b) = two_instances(&redis, &up).await;
     let pq = format!("/c?size=3000&{CACHED}");
     let first = fetch(&a, &pq).await;
@@ -382,7 +333,8 @@ async fn corrupt_value_is_a_miss_and_is_overwritten() {
     assert_eq!(got.body, first.body);
     assert_eq!(up.count(&pq), 2);
     assert_eq!(
-        metric(&b, r#"augur_l2_requests_total{result="corrupt"}"#).await,
+        b.metric(r#"augur_l2_requests_total{result="corrupt"}"#)
+            .await,
         1.0
     );
     eventually(
@@ -404,7 +356,7 @@ async fn corrupt_value_is_a_miss_and_is_overwritten() {
         .arg("not an entry")
         .query(&mut conn)
         .unwrap();
-    let c = Proxy::start(config(up.addr, &redis_section(&redis.url(), ""))).await;
+    let c = TestProxy::start(config(up.addr, &redis_section(&redis.url(), ""))).await;
     l2_ready(&c).await;
     let got = fetch(&c, &pq).await;
     assert_eq!((got.status.as_u16(), got.x_cache()), (200, "MISS"));
@@ -413,8 +365,8 @@ async fn corrupt_value_is_a_miss_and_is_overwritten() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_load_fails_no_request() {
     let mut redis = RedisServer::start();
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, &redis_section(&redis.url(), ""))).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, &redis_section(&redis.url(), ""))).await;
     l2_ready(&proxy).await;
     let deadline = Duration::from_millis(100); // [redis].timeout in redis_section
     let mut worst = Duration::ZERO;
@@ -444,11 +396,17 @@ async fn redis_killed_mid_load_fails_no_request() {
         worst < deadline + Duration::from_millis(400),
         "slowest request took {worst:?}"
     );
-    let errors = metric(&proxy, r#"augur_l2_requests_total{result="error"}"#).await
-        + metric(&proxy, r#"augur_l2_requests_total{result="timeout"}"#).await
-        + metric(&proxy, r#"augur_l2_requests_total{result="skipped"}"#).await;
+    let errors = proxy
+        .metric(r#"augur_l2_requests_total{result="error"}"#)
+        .await
+        + proxy
+            .metric(r#"augur_l2_requests_total{result="timeout"}"#)
+            .await
+        + proxy
+            .metric(r#"augur_l2_requests_total{result="skipped"}"#)
+            .await;
     assert!(errors > 0.0, "Redis was down for most of the load");
-    let ready = get(&format!("http://{}/readyz", proxy.admin)).await;
+    let ready = get(&proxy.admin_url("/readyz")).await;
     assert_eq!(ready.status, 200, "degraded is still ready");
     assert_eq!(ready.json()["status"], "degraded", "{:?}", ready.body);
     assert!(ready.json()["l2"]["reason"].is_string(), "{:?}", ready.body);
@@ -457,8 +415,8 @@ async fn redis_killed_mid_load_fails_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_redis_delays_no_request_past_the_deadline() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, &redis_section(&redis.url(), ""))).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, &redis_section(&redis.url(), ""))).await;
     l2_ready(&proxy).await;
     redis.freeze(true);
     let deadline = Duration::from_millis(100);
@@ -474,9 +432,17 @@ async fn hung_redis_delays_no_request_past_the_deadline() {
         worst < deadline + Duration::from_millis(400),
         "slowest request took {worst:?}"
     );
-    assert!(metric(&proxy, r#"augur_l2_requests_total{result="timeout"}"#).await >= 1.0);
     assert!(
-        metric(&proxy, r#"augur_l2_requests_total{result="skipped"}"#).await >= 1.0,
+        proxy
+            .metric(r#"augur_l2_requests_total{result="timeout"}"#)
+            .await
+            >= 1.0
+    );
+    assert!(
+        proxy
+            .metric(r#"augur_l2_requests_total{result="skipped"}"#)
+            .await
+            >= 1.0,
         "the breaker opened and later requests skipped Redis"
     );
     // Thawed: the probe closes the breaker again.
@@ -486,7 +452,7 @@ async fn hung_redis_delays_no_request_past_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_l2_use_resumes() {
     let mut redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let (a, b) = two_instances(&redis, &up).await;
     redis.kill();
     for i in 0..10 {
@@ -506,7 +472,7 @@ async fn redis_restarted_l2_use_resumes() {
     })
     .await;
     eventually(Duration::from_secs(5), "readyz back to ready", || async {
-        get(&format!("http://{}/readyz", a.admin)).await.json()["status"] == "ready"
+        get(&a.admin_url("/readyz")).await.json()["status"] == "ready"
     })
     .await;
 }
@@ -514,12 +480,12 @@ async fn redis_restarted_l2_use_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_at_start_serves_from_l1_then_connects() {
     let mut redis = RedisServer::unstarted();
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, &redis_section(&redis.url(), ""))).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, &redis_section(&redis.url(), ""))).await;
     let pq = format!("/early?{CACHED}");
     assert_eq!(fetch(&proxy, &pq).await.x_cache(), "MISS");
     assert_eq!(fetch(&proxy, &pq).await.x_cache(), "HIT");
-    let ready = get(&format!("http://{}/readyz", proxy.admin)).await;
+    let ready = get(&proxy.admin_url("/readyz")).await;
     assert_eq!(ready.status, 200);
     let body = ready.json();
     assert_eq!(body["status"], "degraded", "{body}");
@@ -530,9 +496,7 @@ async fn redis_down_at_start_serves_from_l1_then_connects() {
     eventually(
         Duration::from_secs(10),
         "connected with backoff",
-        || async {
-            get(&format!("http://{}/readyz", proxy.admin)).await.json()["status"] == "ready"
-        },
+        || async { get(&proxy.admin_url("/readyz")).await.json()["status"] == "ready" },
     )
     .await;
     fetch(&proxy, &format!("/late?{CACHED}")).await;
@@ -542,12 +506,12 @@ async fn redis_down_at_start_serves_from_l1_then_connects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_rediss_with_a_private_ca() {
     let redis = RedisServer::start_tls();
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let extra = format!("ca_file = \"{}\"", redis.ca_file().display());
     let cfg = config(up.addr, &redis_section(&redis.url(), &extra));
     assert!(redis.url().starts_with("rediss://"));
-    let a = Proxy::start(cfg.clone()).await;
-    let b = Proxy::start(cfg).await;
+    let a = TestProxy::start(cfg.clone()).await;
+    let b = TestProxy::start(cfg).await;
     l2_ready(&a).await;
     l2_ready(&b).await;
     let pq = format!("/tls?{CACHED}");
@@ -560,10 +524,10 @@ async fn tls_rediss_with_a_private_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_spreads_keys_shares_and_purges() {
     let cluster = RedisCluster::start();
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let cfg = config(up.addr, &cluster_section(&cluster.urls()));
-    let a = Proxy::start(cfg.clone()).await;
-    let b = Proxy::start(cfg).await;
+    let a = TestProxy::start(cfg.clone()).await;
+    let b = TestProxy::start(cfg).await;
     l2_ready(&a).await;
     l2_ready(&b).await;
     let n = 30;
@@ -592,7 +556,7 @@ async fn cluster_spreads_keys_shares_and_purges() {
 
     // Purge through A reaches Redis and B's L1.
     let pq = format!("/k/0?{CACHED}");
-    let purged = post(&purge_url(a.admin, &format!("http://{HOST}{pq}"))).await;
+    let purged = post(&a.purge_url(&format!("http://{HOST}{pq}"))).await;
     assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
     eventually(Duration::from_secs(3), "B drops it", || async {
         entries(&b).await == (n - 1) as u64
@@ -605,10 +569,7 @@ async fn cluster_spreads_keys_shares_and_purges() {
         || async { cluster.keys_per_node().iter().sum::<usize>() == n },
     )
     .await;
-    assert_eq!(
-        post(&format!("http://{}/purge/all", a.admin)).await.status,
-        200
-    );
+    assert_eq!(post(&a.admin_url("/purge/all")).await.status, 200);
     assert_eq!(cluster.keys_per_node().iter().sum::<usize>(), 0);
     eventually(Duration::from_secs(3), "B clears its L1", || async {
         entries(&b).await == 0

@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use common::{config, get, get_with, send, Got, Proxy, Upstream};
+use common::{config, eventually, get, get_with, post, send, Got, TestProxy, TestUpstream};
 use http::Request;
 use http_body_util::Full;
 
@@ -34,14 +33,14 @@ fn http_date(offset_secs: i64) -> String {
     httpdate::fmt_http_date(t)
 }
 
-async fn start(extra: &str) -> (Upstream, Proxy) {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, extra)).await;
+async fn start(extra: &str) -> (TestUpstream, TestProxy) {
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, extra)).await;
     up.follow(&proxy.clock);
     (up, proxy)
 }
 
-async fn method(proxy: &Proxy, m: &str, pq: &str) -> Got {
+async fn method(proxy: &TestProxy, m: &str, pq: &str) -> Got {
     send(
         Request::builder()
             .method(m)
@@ -350,7 +349,7 @@ async fn stale_entry_is_revalidated_and_freshened_by_304() {
         "2",
         "stored headers updated from the 304"
     );
-    let seen = up.last_headers.lock().unwrap().clone().unwrap();
+    let seen = up.last_request_headers();
     assert_eq!(seen["if-none-match"], "\"v1\"");
     proxy.clock.advance(secs(9));
     assert_eq!(
@@ -376,7 +375,7 @@ async fn last_modified_validates_with_if_modified_since() {
     get(&proxy.url(&p)).await;
     proxy.clock.advance(secs(6));
     assert_eq!(get(&proxy.url(&p)).await.x_cache(), "REVALIDATED");
-    let seen = up.last_headers.lock().unwrap().clone().unwrap();
+    let seen = up.last_request_headers();
     assert_eq!(seen["if-modified-since"], lm.as_str());
 }
 
@@ -464,15 +463,12 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
         up.wait_count(&p, 2).await,
         "background refresh reached the upstream"
     );
-    let mut fresh = false;
-    for _ in 0..200 {
-        if get(&proxy.url(&p)).await.x_cache() == "HIT" {
-            fresh = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(fresh, "the refresh freshened the entry");
+    eventually(
+        Duration::from_secs(1),
+        "the refresh freshened the entry",
+        || async { get(&proxy.url(&p)).await.x_cache() == "HIT" },
+    )
+    .await;
     assert_eq!(up.count(&p), 2, "refreshed once");
     proxy.clock.advance(secs(120));
     assert_eq!(
@@ -488,7 +484,7 @@ async fn stale_if_error_covers_5xx_and_a_dead_upstream() {
     let p = pq("/sie", &[("cc", "max-age=1, stale-if-error=60")]);
     let first = get(&proxy.url(&p)).await;
     proxy.clock.advance(secs(5));
-    up.fail.store(503, Ordering::SeqCst);
+    up.fail_with(503);
     let stale = get(&proxy.url(&p)).await;
     assert_eq!(stale.status, 200);
     assert_eq!(stale.x_cache(), "STALE");
@@ -510,7 +506,7 @@ async fn stale_if_error_covers_an_upstream_timeout() {
     let p = pq("/slow", &[("cc", "max-age=1, stale-if-error=60")]);
     get(&proxy.url(&p)).await;
     proxy.clock.advance(secs(5));
-    up.fail.store(2, Ordering::SeqCst);
+    up.answer_after(Duration::from_millis(1500));
     let got = get(&proxy.url(&p)).await;
     assert_eq!((got.status.as_u16(), got.x_cache()), (200, "STALE"));
 }
@@ -527,7 +523,7 @@ async fn must_revalidate_forbids_stale() {
     );
     get(&proxy.url(&p)).await;
     proxy.clock.advance(secs(5));
-    up.fail.store(500, Ordering::SeqCst);
+    up.fail_with(500);
     let got = get(&proxy.url(&p)).await;
     assert_eq!(got.status, 500);
     assert_eq!(got.x_cache(), "MISS");
@@ -541,9 +537,9 @@ async fn route_grace_for_origins_that_send_no_stale_directives() {
     let p = pq("/g", &[("cc", "max-age=1")]);
     get(&proxy.url(&p)).await;
     proxy.clock.advance(secs(10));
-    up.fail.store(502, Ordering::SeqCst);
+    up.fail_with(502);
     assert_eq!(get(&proxy.url(&p)).await.x_cache(), "STALE");
-    up.fail.store(0, Ordering::SeqCst);
+    up.recover();
     assert!(
         up.wait_count(&p, 2).await,
         "grace also refreshes in the background"
@@ -553,7 +549,7 @@ async fn route_grace_for_origins_that_send_no_stale_directives() {
 // ───────────────────────────── Vary (§4.1) ─────────────────────────────
 
 /// GET `pq` with `Accept-Language` lines (none = header absent); the upstream echoes what it got.
-async fn lang(proxy: &Proxy, pq: &str, lines: &[&str]) -> Got {
+async fn lang(proxy: &TestProxy, pq: &str, lines: &[&str]) -> Got {
     let headers: Vec<(&str, &str)> = lines.iter().map(|l| ("accept-language", *l)).collect();
     get_with(&proxy.url(pq), &headers).await
 }
@@ -638,10 +634,10 @@ async fn vary_star_never_matches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn variants_per_url_are_bounded_by_max_variants() {
-    let up = Upstream::start().await;
+    let up = TestUpstream::start().await;
     let mut cfg = config(up.addr, "");
     cfg.cache.max_variants = 2;
-    let proxy = Proxy::start(cfg).await;
+    let proxy = TestProxy::start(cfg).await;
     up.follow(&proxy.clock);
     let p = pq("/many", &[("cc", "max-age=60"), ("h_vary", "X-Variant")]);
     let variant = |v: &'static str| {
@@ -710,12 +706,7 @@ async fn purge_and_unsafe_methods_drop_every_variant() {
         }
     };
     fill().await;
-    let purge = format!(
-        "http://{}/purge?url={}",
-        proxy.admin,
-        percent_encoding::utf8_percent_encode(&proxy.url(&p), percent_encoding::NON_ALPHANUMERIC)
-    );
-    let purged = send(Request::post(purge).body(Full::new(Bytes::new())).unwrap()).await;
+    let purged = post(&proxy.purge_url(&proxy.url(&p))).await;
     assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
     for l in ["en", "fr"] {
         assert_eq!(lang(&proxy, &p, &[l]).await.x_cache(), "MISS", "{l}");
@@ -764,9 +755,9 @@ async fn unsafe_methods_invalidate_target_and_locations() {
         assert_eq!(get(&proxy.url(&cached(path))).await.x_cache(), "HIT");
     }
     // A failed POST invalidates nothing.
-    up.fail.store(500, Ordering::SeqCst);
+    up.fail_with(500);
     method(&proxy, "POST", &cached("/items")).await;
-    up.fail.store(0, Ordering::SeqCst);
+    up.recover();
     assert_eq!(get(&proxy.url(&cached("/items"))).await.x_cache(), "HIT");
     // A successful one invalidates its target (the same URL with the same query)…
     method(&proxy, "POST", &cached("/items")).await;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{config, Proxy, Upstream};
+use common::{config, TestProxy, TestUpstream};
 use http::Request;
 use http_body_util::{BodyExt, Full};
 
@@ -45,8 +45,8 @@ async fn stream_through(url: &str) -> (u64, u64, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_megabytes_stream_through_with_bounded_memory() {
     const SIZE: u64 = 50 * 1024 * 1024;
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(config(up.addr, "")).await;
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, "")).await;
     // Chunked (no Content-Length): the proxy starts buffering for the store, passes 8 MiB,
     // and switches to streaming. Then with Content-Length: streamed from the start.
     for pq in [

@@ -4,10 +4,11 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use augur::body::Body;
 use augur::clock::Clock;
@@ -24,6 +25,46 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+/// The query that makes the upstream's answer fresh for a minute
+/// (`Cache-Control: public, max-age=60`).
+pub const CACHED: &str = "cc=public%2C%20max-age%3D60";
+
+/// How long a test waits for background work (a prefetch, a write-behind) before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+/// Poll `check` every 10 ms for up to `within`; whether it came to hold. A bounded wait, never
+/// a sleep that decides the outcome.
+pub async fn poll<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Poll `check` until it holds; after `within`, fail the test naming `what`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    assert!(poll(within, check).await, "timed out waiting for: {what}");
+}
+
+/// [`eventually`] for a check that needs no `.await`, within [`PATIENCE`].
+pub async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    eventually(PATIENCE, what, || std::future::ready(check())).await;
+}
+
 /// A real upstream. Its behaviour is chosen per request by query parameters:
 /// `delay_ms=N` (wait before the head), `cc=...` (Cache-Control), `size=N` (body bytes of
 /// compressible JSON), `stream=1` (chunked, no Content-Length), `status=N`, `h_<name>=v`
@@ -32,36 +73,36 @@ use tokio::sync::oneshot;
 /// It echoes the request headers it received as `x-echo-<name>` and sends `x-count: N`, the
 /// number of requests served for this path-and-query so far.
 ///
-/// `fail` switches every response at once (the URL, hence the cache key, stays the same):
-/// 0 = normal, 1 = drop the connection without answering, 2 = answer after 1.5 s (to hit the
-/// proxy's timeout), any status code = that status.
-/// [`Upstream::stop`] also closes the listener, so new connections are refused.
+/// A fault switches every response at once (the URL, hence the cache key, stays the same):
+/// [`TestUpstream::fail_with`] a status, [`TestUpstream::answer_after`] a delay, until
+/// [`TestUpstream::recover`]. [`TestUpstream::stop`] drops every connection without answering and
+/// closes the listener, so new connections are refused.
 #[derive(Clone)]
-pub struct Upstream {
+pub struct TestUpstream {
     pub addr: SocketAddr,
-    pub counts: Arc<Mutex<HashMap<String, usize>>>,
-    pub total: Arc<AtomicUsize>,
-    pub inflight: Arc<AtomicUsize>,
-    pub max_inflight: Arc<AtomicUsize>,
-    pub last_headers: Arc<Mutex<Option<HeaderMap>>>,
-    pub fail: Arc<AtomicU16>,
-    /// When set ([`Upstream::follow`]), the `Date` header follows this clock instead of the
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    total: Arc<AtomicUsize>,
+    inflight: Arc<AtomicUsize>,
+    max_inflight: Arc<AtomicUsize>,
+    last_headers: Arc<Mutex<Option<HeaderMap>>>,
+    fault: Arc<Mutex<Option<Fault>>>,
+    /// When set ([`TestUpstream::follow`]), the `Date` header follows this clock instead of the
     /// real time, so that the proxy's manual clock and the upstream agree on ages.
     clock: Arc<Mutex<Option<Clock>>>,
     accept: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
-impl Upstream {
-    pub async fn start() -> Upstream {
+impl TestUpstream {
+    pub async fn start() -> TestUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let up = Upstream {
+        let up = TestUpstream {
             addr: listener.local_addr().unwrap(),
             counts: Default::default(),
             total: Default::default(),
             inflight: Default::default(),
             max_inflight: Default::default(),
             last_headers: Default::default(),
-            fail: Default::default(),
+            fault: Default::default(),
             clock: Default::default(),
             accept: Default::default(),
         };
@@ -76,13 +117,13 @@ impl Upstream {
                     let svc = service_fn(move |req| {
                         let state = state.clone();
                         async move {
-                            match state.fail.load(Ordering::SeqCst) {
-                                1 => {
+                            match state.fault() {
+                                Some(Fault::Reset) => {
                                     state.total.fetch_add(1, Ordering::SeqCst);
-                                    return Err(std::io::Error::other("upstream told to fail"));
+                                    return Err(std::io::Error::other("upstream told to reset"));
                                 }
-                                2 => tokio::time::sleep(Duration::from_millis(1500)).await,
-                                _ => {}
+                                Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
+                                Some(Fault::Status(_)) | None => {}
                             }
                             Ok::<_, std::io::Error>(state.serve(req).await)
                         }
@@ -102,23 +143,35 @@ impl Upstream {
         *self.clock.lock().unwrap() = Some(clock.clone());
     }
 
-    /// Stop accepting connections, and fail requests on the ones already open.
+    /// Answer every request with `status` (and a small JSON body, no Cache-Control).
+    pub fn fail_with(&self, status: u16) {
+        self.set_fault(Some(Fault::Status(status)));
+    }
+
+    /// Answer every request only after `delay` (longer than the proxy's timeout to time out).
+    pub fn answer_after(&self, delay: Duration) {
+        self.set_fault(Some(Fault::Slow(delay)));
+    }
+
+    /// Answer as the query parameters ask again.
+    pub fn recover(&self) {
+        self.set_fault(None);
+    }
+
+    /// Stop accepting connections, and drop requests on the ones already open unanswered.
     pub fn stop(&self) {
-        self.fail.store(1, Ordering::SeqCst);
+        self.set_fault(Some(Fault::Reset));
         if let Some(t) = self.accept.lock().unwrap().take() {
             t.abort();
         }
     }
 
-    /// Wait (bounded, no fixed sleep) until `pq` has been served `n` times.
+    /// Wait (up to 2 s) until `pq` has been served `n` times; whether it was.
     pub async fn wait_count(&self, pq: &str, n: usize) -> bool {
-        for _ in 0..400 {
-            if self.count(pq) >= n {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        false
+        poll(Duration::from_secs(2), || {
+            std::future::ready(self.count(pq) >= n)
+        })
+        .await
     }
 
     /// Requests served for this path-and-query.
@@ -126,8 +179,31 @@ impl Upstream {
         self.counts.lock().unwrap().get(pq).copied().unwrap_or(0)
     }
 
+    /// Requests served in all.
     pub fn total(&self) -> usize {
         self.total.load(Ordering::SeqCst)
+    }
+
+    /// The most requests the upstream was answering at one time.
+    pub fn peak_concurrency(&self) -> usize {
+        self.max_inflight.load(Ordering::SeqCst)
+    }
+
+    /// The headers of the latest request the upstream received.
+    pub fn last_request_headers(&self) -> HeaderMap {
+        self.last_headers
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the upstream has received no request")
+    }
+
+    fn fault(&self) -> Option<Fault> {
+        *self.fault.lock().unwrap()
+    }
+
+    fn set_fault(&self, fault: Option<Fault>) {
+        *self.fault.lock().unwrap() = fault;
     }
 
     async fn serve(
@@ -173,8 +249,11 @@ impl Upstream {
             .get("status")
             .and_then(|v| v.parse().ok())
             .unwrap_or(200);
-        let forced = self.fail.load(Ordering::SeqCst);
-        let status = if forced >= 100 { forced } else { status };
+        let forced = match self.fault() {
+            Some(Fault::Status(status)) => Some(status),
+            _ => None,
+        };
+        let status = forced.unwrap_or(status);
         let mut builder = Response::builder()
             .status(StatusCode::from_u16(status).unwrap())
             .header("x-count", served.to_string());
@@ -183,7 +262,7 @@ impl Upstream {
             let now = std::time::UNIX_EPOCH + Duration::from_millis(clock.now_ms());
             builder = builder.header("date", httpdate::fmt_http_date(now));
         }
-        if forced >= 100 {
+        if forced.is_some() {
             self.inflight.fetch_sub(1, Ordering::SeqCst);
             return builder
                 .body(Full::new(Bytes::from_static(b"{\"forced\":true}")).boxed())
@@ -247,6 +326,17 @@ impl Upstream {
     }
 }
 
+/// What the upstream does to every request instead of answering as asked.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Drop the connection without answering.
+    Reset,
+    /// Answer as asked, after this long.
+    Slow(Duration),
+    /// Answer with this status.
+    Status(u16),
+}
+
 /// Deterministic compressible JSON of exactly `size` bytes.
 pub fn json_body(size: usize) -> String {
     let mut s = String::with_capacity(size + 64);
@@ -292,36 +382,38 @@ upstream = "http://{upstream}"
     Config::from_str(&text, "test.toml").unwrap_or_else(|e| panic!("test config: {e}"))
 }
 
-/// A running proxy.
-pub struct Proxy {
+/// The real proxy, running on port 0 with its admin listener, under a manual clock unless
+/// started with another.
+pub struct TestProxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub clock: Clock,
-    pub instance_proxy: Arc<augur::proxy::Proxy>,
+    /// The proxy inside, for a test that reaches past HTTP.
+    pub proxy: Arc<augur::proxy::Proxy>,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
-impl Proxy {
-    pub async fn start(config: Config) -> Proxy {
+impl TestProxy {
+    pub async fn start(config: Config) -> TestProxy {
         Self::start_with_clock(config, Clock::manual()).await
     }
 
-    pub async fn start_with_clock(config: Config, clock: Clock) -> Proxy {
+    pub async fn start_with_clock(config: Config, clock: Clock) -> TestProxy {
         let listeners = Listeners::bind(&config).await.unwrap();
         let addr = listeners.proxy.local_addr().unwrap();
         let admin = listeners.admin.local_addr().unwrap();
         let instance = Instance::new(&config, clock.clone()).unwrap();
-        let instance_proxy = instance.proxy.clone();
+        let proxy = instance.proxy.clone();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server::run(config, instance, listeners, async {
             let _ = rx.await;
         }));
-        Proxy {
+        TestProxy {
             addr,
             admin,
             clock,
-            instance_proxy,
+            proxy,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -329,6 +421,27 @@ impl Proxy {
 
     pub fn url(&self, pq: &str) -> String {
         format!("http://{}{}", self.addr, pq)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// The admin URL that purges `target` (a full URL as a client asked for it).
+    pub fn purge_url(&self, target: &str) -> String {
+        let target =
+            percent_encoding::utf8_percent_encode(target, percent_encoding::NON_ALPHANUMERIC);
+        self.admin_url(&format!("/purge?url={target}"))
+    }
+
+    /// The value of one series on the admin `/metrics` (`name` or `name{labels}`); 0 when
+    /// absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let got = get(&self.admin_url("/metrics")).await;
+        let text = String::from_utf8_lossy(&got.body);
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
     }
 
     /// Begin the graceful shutdown.
@@ -386,6 +499,10 @@ pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Got {
         b = b.header(*k, *v);
     }
     send(b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+pub async fn post(url: &str) -> Got {
+    send(Request::post(url).body(Full::new(Bytes::new())).unwrap()).await
 }
 
 /// Write `request` on a fresh connection and read what comes back until the server closes
