@@ -28,10 +28,11 @@
 //! The state table serialises as JSON ([`Markov::to_json`]); two snapshots merge by adding
 //! counts ([`Markov::merge`]), which is what sharing one model across a fleet needs.
 //!
-//! Files: this one is the model (observe, learn, predict, outcomes, decay); `predict` reads the table for a
-//! request and credits the prefetches' fates back; `intern` makes a request's state keys and
-//! interns them to ids, and collects the unreferenced ones; `snapshot`
-//! is the JSON form (save, load, merge); `template` is the URL templating (id scan, fill).
+//! Files: this one is the model (the table, learning from each client's sequence, decay, the
+//! memory bounds, the admin and metrics views); `predict` reads the table for a request and
+//! credits the prefetches' fates back; `intern` makes a request's state keys, interns them to
+//! ids and collects the unreferenced ones; `snapshot` is the JSON form (save, load, merge);
+//! `template` is the URL templating (id scan, template, fill).
 
 mod intern;
 mod predict;
