@@ -62,6 +62,80 @@ const LATENCY_BUCKETS: [f64; 16] = [
     5.0, 10.0,
 ];
 
+/// The help text of every series [`Metrics::new`] registers.
+const HELP: [(&str, &str); 12] = [
+    (
+        "augur_requests_total",
+        "Requests answered, by route, cache verdict and status class.",
+    ),
+    (
+        "augur_request_duration_seconds",
+        "Time from request to response head, by route and cache verdict.",
+    ),
+    (
+        "augur_upstream_duration_seconds",
+        "Upstream time to response head, by route.",
+    ),
+    (
+        "augur_upstream_errors_total",
+        "Upstream connect errors, timeouts and protocol errors, by route.",
+    ),
+    (
+        "augur_cache_entries",
+        "Entries in the in-process store (L1).",
+    ),
+    (
+        "augur_cache_bytes",
+        "Bytes the L1 entries occupy (compressed bodies + headers + overhead).",
+    ),
+    ("augur_cache_capacity_bytes", "The L1 memory budget."),
+    (
+        "augur_cache_evictions_total",
+        "L1 entries evicted to stay within the memory budget.",
+    ),
+    ("augur_cache_stored_total", "Responses stored in L1."),
+    (
+        "augur_cache_invalidated_total",
+        "Stored responses dropped because an unsafe request changed them (RFC 9111 §4.4).",
+    ),
+    (
+        "augur_compression_saved_bytes_total",
+        "Body bytes saved by zstd on store (original minus compressed).",
+    ),
+    (
+        "augur_coalesced_total",
+        "Requests that waited for another request's upstream fetch instead of making their own.",
+    ),
+];
+
+/// The help text of the Redis tier's series, registered by [`Metrics::l2`].
+const L2_HELP: [(&str, &str); 6] = [
+    (
+        "augur_l2_requests_total",
+        "L2 (Redis) lookups by result: hit, miss, error, timeout, corrupt, skipped.",
+    ),
+    (
+        "augur_l2_writes_total",
+        "L2 (Redis) write-behind SETs by result: ok, error, timeout, skipped, too_large.",
+    ),
+    (
+        "augur_l2_duration_seconds",
+        "L2 (Redis) operation latency, by op (get, set).",
+    ),
+    (
+        "augur_l2_breaker_state",
+        "L2 circuit breaker: 0 closed, 1 open (Redis skipped), 2 half-open (probing).",
+    ),
+    (
+        "augur_l2_connected",
+        "1 once a Redis connection is established, 0 while connecting.",
+    ),
+    (
+        "augur_l2_invalidations_received_total",
+        "Invalidation messages received over Redis pub/sub and applied to L1.",
+    ),
+];
+
 /// Per-route handles.
 pub struct RouteMetrics {
     /// `[cache status][status class]`
@@ -73,6 +147,33 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
+    /// Every handle of route `name`: one counter per verdict × status class and one latency
+    /// histogram per verdict, so that recording never registers anything.
+    fn register(r: &PrometheusRecorder, name: &str) -> RouteMetrics {
+        let mut requests = Vec::new();
+        let mut duration = Vec::new();
+        for cs in CacheStatus::ALL {
+            for class in CLASSES {
+                requests.push(counter(
+                    r,
+                    "augur_requests_total",
+                    &[("route", name), ("cache", cs.as_str()), ("status", class)],
+                ));
+            }
+            duration.push(histogram(
+                r,
+                "augur_request_duration_seconds",
+                &[("route", name), ("cache", cs.as_str())],
+            ));
+        }
+        RouteMetrics {
+            requests,
+            duration,
+            upstream_duration: histogram(r, "augur_upstream_duration_seconds", &[("route", name)]),
+            upstream_errors: counter(r, "augur_upstream_errors_total", &[("route", name)]),
+        }
+    }
+
     /// One finished request: its verdict, HTTP status and time to response head.
     pub fn record(&self, cache: CacheStatus, status: u16, elapsed: Duration) {
         let i = cache.index();
@@ -141,85 +242,13 @@ impl Metrics {
         let handle = recorder.handle();
         let r = &recorder;
 
-        describe(
-            r,
-            "augur_requests_total",
-            "Requests answered, by route, cache verdict and status class.",
-        );
-        describe(
-            r,
-            "augur_request_duration_seconds",
-            "Time from request to response head, by route and cache verdict.",
-        );
-        describe(
-            r,
-            "augur_upstream_duration_seconds",
-            "Upstream time to response head, by route.",
-        );
-        describe(
-            r,
-            "augur_upstream_errors_total",
-            "Upstream connect errors, timeouts and protocol errors, by route.",
-        );
-        describe(
-            r,
-            "augur_cache_entries",
-            "Entries in the in-process store (L1).",
-        );
-        describe(
-            r,
-            "augur_cache_bytes",
-            "Bytes the L1 entries occupy (compressed bodies + headers + overhead).",
-        );
-        describe(r, "augur_cache_capacity_bytes", "The L1 memory budget.");
-        describe(
-            r,
-            "augur_cache_evictions_total",
-            "L1 entries evicted to stay within the memory budget.",
-        );
-        describe(r, "augur_cache_stored_total", "Responses stored in L1.");
-        describe(
-            r,
-            "augur_cache_invalidated_total",
-            "Stored responses dropped because an unsafe request changed them (RFC 9111 §4.4).",
-        );
-        describe(
-            r,
-            "augur_compression_saved_bytes_total",
-            "Body bytes saved by zstd on store (original minus compressed).",
-        );
-        describe(r, "augur_coalesced_total", "Requests that waited for another request's upstream fetch instead of making their own.");
+        for (name, help) in HELP {
+            describe(r, name, help);
+        }
 
         let routes = route_names
             .iter()
-            .map(|name| {
-                let mut requests = Vec::new();
-                let mut duration = Vec::new();
-                for cs in CacheStatus::ALL {
-                    for class in CLASSES {
-                        requests.push(counter(
-                            r,
-                            "augur_requests_total",
-                            &[("route", name), ("cache", cs.as_str()), ("status", class)],
-                        ));
-                    }
-                    duration.push(histogram(
-                        r,
-                        "augur_request_duration_seconds",
-                        &[("route", name), ("cache", cs.as_str())],
-                    ));
-                }
-                RouteMetrics {
-                    requests,
-                    duration,
-                    upstream_duration: histogram(
-                        r,
-                        "augur_upstream_duration_seconds",
-                        &[("route", name)],
-                    ),
-                    upstream_errors: counter(r, "augur_upstream_errors_total", &[("route", name)]),
-                }
-            })
+            .map(|name| RouteMetrics::register(r, name))
             .collect();
 
         Metrics {
@@ -261,36 +290,9 @@ impl Metrics {
     /// Register the Redis tier's handles (once, when `[redis]` is configured).
     pub fn l2(&self) -> L2Metrics {
         let r = &self.recorder;
-        describe(
-            r,
-            "augur_l2_requests_total",
-            "L2 (Redis) lookups by result: hit, miss, error, timeout, corrupt, skipped.",
-        );
-        describe(
-            r,
-            "augur_l2_writes_total",
-            "L2 (Redis) write-behind SETs by result: ok, error, timeout, skipped, too_large.",
-        );
-        describe(
-            r,
-            "augur_l2_duration_seconds",
-            "L2 (Redis) operation latency, by op (get, set).",
-        );
-        describe(
-            r,
-            "augur_l2_breaker_state",
-            "L2 circuit breaker: 0 closed, 1 open (Redis skipped), 2 half-open (probing).",
-        );
-        describe(
-            r,
-            "augur_l2_connected",
-            "1 once a Redis connection is established, 0 while connecting.",
-        );
-        describe(
-            r,
-            "augur_l2_invalidations_received_total",
-            "Invalidation messages received over Redis pub/sub and applied to L1.",
-        );
+        for (name, help) in L2_HELP {
+            describe(r, name, help);
+        }
         let get = |result: &str| counter(r, "augur_l2_requests_total", &[("result", result)]);
         let set = |result: &str| counter(r, "augur_l2_writes_total", &[("result", result)]);
         let dur = |op: &str| histogram(r, "augur_l2_duration_seconds", &[("op", op)]);

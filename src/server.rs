@@ -17,7 +17,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
 use crate::clock::Clock;
@@ -85,32 +86,8 @@ pub async fn run(
         ready,
     } = instance;
     let admin = Arc::new(Admin::new(proxy.clone(), metrics.clone(), ready.clone()));
-    // stale-while-revalidate refreshes run here, off the request path.
-    let refresher = proxy.spawn_refresher();
-    let prefetch_worker = proxy.prefetcher().spawn_worker(proxy.clone());
-    let upkeep = {
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                metrics.upkeep();
-            }
-        })
-    };
-
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.server.header_read_timeout)
-        .max_buf_size(config.server.max_header_bytes.max(8192))
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    if !config.server.http2 {
-        builder = builder.http1_only();
-    }
-
+    let background = Background::start(&proxy, metrics);
+    let builder = proxy_conn_builder(&config);
     let graceful = GracefulShutdown::new();
     let admin_graceful = GracefulShutdown::new();
     tracing::info!(
@@ -125,34 +102,11 @@ pub async fn run(
         tokio::select! {
             accepted = listeners.proxy.accept() => {
                 let Some((stream, peer)) = accepted_or_pause(accepted).await else { continue };
-                let proxy = proxy.clone();
-                let svc = service_fn(move |req| {
-                    let proxy = proxy.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
+                serve_proxy(&builder, &graceful, &proxy, stream, peer);
             }
             accepted = listeners.admin.accept() => {
                 let Some((stream, _peer)) = accepted_or_pause(accepted).await else { continue };
-                let admin = admin.clone();
-                let svc = service_fn(move |req| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), svc);
-                let conn = admin_graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+                serve_admin(&admin_graceful, &admin, stream);
             }
             () = &mut shutdown => break,
         }
@@ -160,6 +114,121 @@ pub async fn run(
 
     ready.store(false, Ordering::Release);
     drop(listeners);
+    drain(&config, graceful, admin_graceful).await;
+    background.stop(&proxy).await;
+    Ok(())
+}
+
+/// The tasks that run beside the listeners, started before the first request.
+struct Background {
+    upkeep: JoinHandle<()>,
+    refresher: Option<JoinHandle<()>>,
+    prefetch_worker: Option<JoinHandle<()>>,
+}
+
+impl Background {
+    fn start(proxy: &Arc<Proxy>, metrics: Arc<Metrics>) -> Background {
+        // stale-while-revalidate refreshes run here, off the request path.
+        let refresher = proxy.spawn_refresher();
+        let prefetch_worker = proxy.prefetcher().spawn_worker(proxy.clone());
+        let upkeep = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                metrics.upkeep();
+            }
+        });
+        Background {
+            upkeep,
+            refresher,
+            prefetch_worker,
+        }
+    }
+
+    /// After the drain: stop the tasks, give the prefetch worker a moment to finish what it
+    /// learned, and save the model.
+    async fn stop(self, proxy: &Proxy) {
+        self.upkeep.abort();
+        if let Some(r) = self.refresher {
+            r.abort();
+        }
+        if let Some(worker) = self.prefetch_worker {
+            proxy.prefetcher().stop();
+            if tokio::time::timeout(Duration::from_secs(2), worker)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "prefetch worker did not stop in time; saving what it learned so far"
+                );
+            }
+        }
+        match proxy.prefetcher().save() {
+            Ok(()) => {}
+            Err(e) => tracing::warn!(error = %e, "prefetch model not saved"),
+        }
+    }
+}
+
+/// HTTP/1.1 with the configured head limits, plus h2c unless `server.http2` is off.
+fn proxy_conn_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.server.header_read_timeout)
+        .max_buf_size(config.server.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    if !config.server.http2 {
+        builder = builder.http1_only();
+    }
+    builder
+}
+
+/// One proxy connection, on its own task, watched by `graceful` for the drain.
+fn serve_proxy(
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    proxy: &Arc<Proxy>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let proxy = proxy.clone();
+    let svc = service_fn(move |req| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+    });
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), svc)
+        .into_owned();
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    });
+}
+
+/// One admin connection: HTTP/1.1 only, a fixed head timeout.
+fn serve_admin(graceful: &GracefulShutdown, admin: &Arc<Admin>, stream: TcpStream) {
+    let admin = admin.clone();
+    let svc = service_fn(move |req| {
+        let admin = admin.clone();
+        async move { Ok::<_, Infallible>(admin.handle(req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), svc);
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+}
+
+/// Up to `shutdown_grace` for in-flight requests on both listeners; the rest are cut.
+async fn drain(config: &Config, graceful: GracefulShutdown, admin_graceful: GracefulShutdown) {
     tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: draining in-flight requests");
     let drained = tokio::time::timeout(config.server.shutdown_grace, async {
         tokio::join!(graceful.shutdown(), admin_graceful.shutdown());
@@ -169,30 +238,12 @@ pub async fn run(
         Ok(()) => tracing::info!("drained; bye"),
         Err(_) => tracing::warn!("grace period over; closing the remaining connections"),
     }
-    upkeep.abort();
-    if let Some(r) = refresher {
-        r.abort();
-    }
-    if let Some(worker) = prefetch_worker {
-        proxy.prefetcher().stop();
-        if tokio::time::timeout(Duration::from_secs(2), worker)
-            .await
-            .is_err()
-        {
-            tracing::warn!("prefetch worker did not stop in time; saving what it learned so far");
-        }
-    }
-    match proxy.prefetcher().save() {
-        Ok(()) => {}
-        Err(e) => tracing::warn!(error = %e, "prefetch model not saved"),
-    }
-    Ok(())
 }
 
 /// Accept errors (EMFILE, ECONNABORTED…) must not end the server: log, pause briefly, go on.
 async fn accepted_or_pause(
-    accepted: std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
-) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    accepted: std::io::Result<(TcpStream, SocketAddr)>,
+) -> Option<(TcpStream, SocketAddr)> {
     match accepted {
         Ok((stream, peer)) => {
             let _ = stream.set_nodelay(true);

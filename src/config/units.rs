@@ -52,6 +52,25 @@ impl<'de, T: HumanUnit> Deserialize<'de> for Human<T> {
     }
 }
 
+/// A key that may be absent from the file: its parsed value, or the default. The one way
+/// `build` fills in defaults, so the unwrapping of `Human` (and of `ByteSize` to bytes) is
+/// written once instead of at every key.
+pub(super) trait ValueOr<T> {
+    fn value_or(self, default: T) -> T;
+}
+
+impl<T> ValueOr<T> for Option<Human<T>> {
+    fn value_or(self, default: T) -> T {
+        self.map_or(default, |h| h.0)
+    }
+}
+
+impl ValueOr<u64> for Option<Human<ByteSize>> {
+    fn value_or(self, default: u64) -> u64 {
+        self.map_or(default, |h| h.0 .0)
+    }
+}
+
 impl HumanUnit for Duration {
     const EXPECTING: &'static str = r#"a duration string such as "30s""#;
     fn parse(s: &str) -> Result<Self, String> {
@@ -112,6 +131,15 @@ pub(super) fn fmt_size(n: u64) -> String {
         n if n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
         n if n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
         n => format!("{n} bytes"),
+    }
+}
+
+/// `server.log_level` and `AUGUR_LOG_LEVEL`. The directive itself is checked by `tracing` at
+/// startup; here only that there is one.
+pub(super) fn log_level(s: &str) -> Result<String, String> {
+    match s.trim() {
+        "" => Err(r#"empty log level (expected an EnvFilter directive such as "info" or "info,augur=debug")"#.to_owned()),
+        t => Ok(t.to_owned()),
     }
 }
 

@@ -1,0 +1,352 @@
+//! `proxy.toml` ─► validated [`Config`]. A leaf: nothing else in the crate is named here.
+//!
+//! Loading happens in three steps, one file each:
+//!
+//! 1. `toml` deserializes the text into the private `Raw*` structs (`raw`). Human units
+//!    (durations, byte sizes, addresses, methods, header names, the upstream URL) are parsed
+//!    *during* deserialization (`units`), so `toml` attaches the byte span of the offending value.
+//! 2. The raw structs are checked and turned into the public types, filling in defaults (`build`).
+//! 3. `AUGUR_*` environment overrides are applied ([`Config::apply_env`]) and the cross-field
+//!    limits are checked again (`env`).
+//!
+//! Every error is one line, `FILE:LINE:COL: FIELD.PATH: what is wrong (how to fix it)`. The
+//! field path comes from an index built from a second, structure-only parse of the same text
+//! (`span`): it maps byte spans to paths like `route[1].ttl` (route indices are 0-based) and back.
+//!
+//! This file holds the contract: the validated types with their defaults, and the entry points.
+
+mod span;
+mod units;
+mod raw;
+mod build;
+mod env;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::{HeaderName, Method, Uri};
+
+use raw::RawConfig;
+use span::{Doc, SpanIndex};
+
+pub use env::ENV_VARS;
+
+// ───────────────────────────── validated types (the contract) ─────────────────────────────
+
+/// The validated configuration. Every field is already checked; nothing downstream re-validates.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamDefaults,
+    pub cache: CacheConfig,
+    /// `None` = no `[redis]` section: no second tier, Augur runs on L1 alone.
+    pub redis: Option<RedisConfig>,
+    pub prefetch: PrefetchConfig,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// 0 = one per core; 1 = a current-thread runtime.
+    pub worker_threads: usize,
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub max_request_body: u64,
+    pub max_header_bytes: usize,
+    pub http2: bool,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamDefaults {
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub memory: u64,
+    pub max_entry_size: u64,
+    pub compression_level: i32,
+    pub compression_threshold: u64,
+    pub default_ttl: Duration,
+    pub coalesce_timeout: Duration,
+    /// Upper bound of a heuristic lifetime (10% of the time since `Last-Modified`).
+    pub max_heuristic_ttl: Duration,
+    /// Augur's own targeted cache-control field (RFC 9213), read before `CDN-Cache-Control`
+    /// and `Cache-Control`; `None` = only `CDN-Cache-Control`.
+    pub targeted_field: Option<HeaderName>,
+    /// Variants kept per URL when responses `Vary` (RFC 9111 §4.1); the least recently stored
+    /// goes first.
+    pub max_variants: usize,
+}
+
+/// How a route's TTL combines with the origin's own freshness (see README, "Caching rules").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheMode {
+    /// The origin's freshness wins; the route TTL applies only when the origin gives none.
+    #[default]
+    Respect,
+    /// The route TTL replaces the origin's freshness lifetime.
+    Override,
+    /// At least the route TTL.
+    Floor,
+    /// At most the route TTL.
+    Cap,
+}
+
+/// `[redis]`: the shared second tier (L2) of a fleet.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub target: RedisTarget,
+    /// Prepended to every key and to the pub/sub channel (`<prefix>invalidate`).
+    pub key_prefix: String,
+    /// Deadline of one Redis operation on the request path (GET); past it the request goes on
+    /// without L2.
+    pub timeout: Duration,
+    /// Deadline of one connection attempt (the background reconnect loop).
+    pub connect_timeout: Duration,
+    /// Encoded entries larger than this are kept in L1 only.
+    pub max_entry_size: u64,
+    /// Consecutive failed operations that open the circuit breaker (L2 is skipped).
+    pub breaker_errors: u32,
+    /// How long an open breaker skips L2 before one probe is let through.
+    pub breaker_cooldown: Duration,
+    /// PEM certificates that verify a `rediss://` server (read at load time); `None` = the
+    /// system's trust store.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// Where the second tier lives. URLs are checked by the `redis` crate's own parser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `redis://`, `rediss://` or `unix://`.
+    Single(String),
+    /// Seed nodes of a Redis Cluster; the rest of the topology is discovered.
+    Cluster(Vec<String>),
+}
+
+impl RedisConfig {
+    fn defaults(target: RedisTarget) -> RedisConfig {
+        RedisConfig {
+            target,
+            key_prefix: "augur:".to_owned(),
+            timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_secs(1),
+            max_entry_size: MIB,
+            breaker_errors: 5,
+            breaker_cooldown: Duration::from_secs(1),
+            ca_pem: None,
+        }
+    }
+}
+
+/// `[prefetch]`: Markov prefetching. Only routes with `prefetch = true` are prefetched.
+#[derive(Debug, Clone)]
+pub struct PrefetchConfig {
+    /// Client identity header; `None` = `client_cookie`, else a hash of `Authorization`, else
+    /// the peer IP.
+    pub client_header: Option<HeaderName>,
+    /// Client identity cookie (by name, from the `Cookie` header), tried after `client_header`.
+    pub client_cookie: Option<String>,
+    /// A client's sequence ends after this long without a request.
+    pub idle_gap: Duration,
+    /// Successors predicted per request (top-k).
+    pub top_k: usize,
+    /// Minimum transition probability to prefetch, in (0, 1].
+    pub threshold: f32,
+    /// Transitions whose measured precision is below this stop being prefetched, in [0, 1].
+    pub precision_floor: f32,
+    /// Evidence (prefetches with a known fate) needed before the floor applies.
+    pub min_samples: u32,
+    /// Prefetches allowed per client request (a token bucket), in [0, 1].
+    pub budget: f32,
+    /// Concurrent prefetch requests to the upstreams.
+    pub max_concurrency: usize,
+    /// A prefetched entry not used by a real request within this window counts as wasted.
+    pub use_window: Duration,
+    /// Half-life of the model's counts.
+    pub half_life: Duration,
+    pub max_states: usize,
+    pub top_successors: usize,
+    /// Observations queued for the background worker; more are dropped (and counted).
+    pub queue: usize,
+    /// Model saved here on shutdown and loaded at start; `None` = not persisted.
+    pub state_file: Option<std::path::PathBuf>,
+}
+
+impl Default for PrefetchConfig {
+    fn default() -> Self {
+        PrefetchConfig {
+            client_header: None,
+            client_cookie: None,
+            idle_gap: Duration::from_secs(300),
+            top_k: 1,
+            threshold: 0.3,
+            precision_floor: 0.3,
+            min_samples: 3,
+            budget: 0.1,
+            max_concurrency: 8,
+            use_window: Duration::from_secs(60),
+            half_life: Duration::from_secs(3600),
+            max_states: 100_000,
+            top_successors: 4,
+            queue: 4096,
+            state_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Lower-cased; empty = any host. A leading `*.` is a wildcard.
+    pub hosts: Vec<String>,
+    /// `Some("/")` when neither `path_prefix` nor `path` was given.
+    pub path_prefix: Option<String>,
+    /// The raw `path` glob (checked only for shape; compiled by the router).
+    pub path_pattern: Option<String>,
+    /// Empty = any method.
+    pub methods: Vec<Method>,
+    pub upstream: Uri,
+    pub upstream_host: Option<String>,
+    /// `None` = not set on the route: use `cache.default_ttl` (see [`RouteConfig::effective_ttl`]).
+    /// Kept unresolved so that `AUGUR_CACHE_DEFAULT_TTL` reaches every route that did not set one.
+    pub ttl: Option<Duration>,
+    pub query: QueryKey,
+    pub key_headers: Vec<HeaderName>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_connections: usize,
+    pub cache_mode: CacheMode,
+    /// Store responses carrying `Set-Cookie` (the cookie itself is never stored or served
+    /// from the cache). Default `false`: such responses are not stored.
+    pub cache_set_cookie: bool,
+    /// Serve a stale response this long past its lifetime when the origin sends neither
+    /// `stale-while-revalidate` nor `stale-if-error` (and allows stale use). Zero = off.
+    pub grace: Duration,
+    /// The prefetcher may fetch this route's URLs ahead of the client.
+    pub prefetch: bool,
+    /// Client request headers a prefetch may carry (default none: prefetches never carry
+    /// the client's credentials).
+    pub prefetch_forward_headers: Vec<HeaderName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryKey {
+    All,
+    Include(Vec<String>),
+    Exclude(Vec<String>),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            worker_threads: 0,
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+            max_request_body: 10 * MIB,
+            max_header_bytes: 64 * 1024,
+            http2: true,
+            log_level: "info".to_owned(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for UpstreamDefaults {
+    fn default() -> Self {
+        UpstreamDefaults {
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(30),
+            max_connections: 256,
+            idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            memory: 256 * MIB,
+            max_entry_size: 8 * MIB,
+            compression_level: 3,
+            compression_threshold: 1024,
+            default_ttl: Duration::ZERO,
+            coalesce_timeout: Duration::from_secs(10),
+            max_heuristic_ttl: Duration::from_secs(24 * 3600),
+            targeted_field: Some(HeaderName::from_static("augur-cache-control")),
+            max_variants: 8,
+        }
+    }
+}
+
+impl RouteConfig {
+    /// The route's TTL, falling back to `[cache].default_ttl` when the route sets none.
+    pub fn effective_ttl(&self, cache: &CacheConfig) -> Duration {
+        self.ttl.unwrap_or(cache.default_ttl)
+    }
+}
+
+const MIB: u64 = 1 << 20;
+
+// ───────────────────────────── entry points ─────────────────────────────
+
+impl Config {
+    /// Reads `path`, parses it ([`Config::from_str`]) and applies `AUGUR_*` variables from the
+    /// process environment ([`Config::apply_env`]).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{name}: cannot read config file: {e}")))?;
+        let mut config = Config::from_str(&text, &name)?;
+        config.apply_env(std::env::vars())?;
+        Ok(config)
+    }
+
+    /// Parses and validates TOML `text`; `file_name` only prefixes error messages.
+    /// Does not look at the environment.
+    pub fn from_str(text: &str, file_name: &str) -> Result<Config, ConfigError> {
+        let index = SpanIndex::build(text);
+        let valid_toml = index.is_some();
+        let index = index.unwrap_or(SpanIndex {
+            entries: Vec::new(),
+        });
+        let doc = Doc {
+            file: file_name,
+            text,
+            index,
+            valid_toml,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| doc.toml_err(&e))?;
+        let config = build::build(&doc, raw)?;
+        env::check_limits(&config).map_err(|v| {
+            // A limit broken by a default: point at the other field involved, which is present.
+            match (doc.index.offset_exact(v.path), v.related) {
+                (None, Some(related)) if doc.index.offset_exact(related).is_some() => {
+                    doc.err(related, &v.msg)
+                }
+                _ => doc.err(v.path, &v.msg),
+            }
+        })?;
+        Ok(config)
+    }
+}

@@ -1,0 +1,232 @@
+//! The file format: the private serde mirror of `proxy.toml`, one struct per table.
+//!
+//! Step 1 of loading (see the parent module). Every struct has `deny_unknown_fields`, so a
+//! misspelt key is an error at its own `line:col` instead of a silently ignored setting, and
+//! every field is an `Option` so that `build` alone decides the defaults. Each key's doc line
+//! gives its default and range: it is the reference an operator reads next to the README.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderName, Method, Uri};
+use serde::Deserialize;
+
+use super::units::{ByteSize, CookieName, Human, RedisUrl};
+use super::{CacheMode, LogFormat};
+
+/// The whole `proxy.toml`. Every section is optional except at least one `[[route]]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    /// Listener, limits and logging.
+    #[serde(default)]
+    pub(super) server: RawServer,
+    /// Defaults for every route's upstream connection.
+    #[serde(default)]
+    pub(super) upstream: RawUpstream,
+    /// The in-process response cache.
+    #[serde(default)]
+    pub(super) cache: RawCache,
+    /// The shared second tier. Absent = none.
+    pub(super) redis: Option<RawRedis>,
+    /// Markov prefetching (active only for routes with `prefetch = true`).
+    #[serde(default)]
+    pub(super) prefetch: RawPrefetch,
+    /// Routes, matched in file order; the first match wins. At least one is required.
+    #[serde(default)]
+    pub(super) route: Vec<RawRoute>,
+}
+
+/// `[server]`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    /// Proxy listener, `IP:PORT`. Default `"127.0.0.1:8080"`; use `"0.0.0.0:8080"` in containers.
+    pub(super) listen: Option<Human<SocketAddr>>,
+    /// Admin listener (health, metrics), `IP:PORT`. Default `"127.0.0.1:9090"`.
+    pub(super) admin_listen: Option<Human<SocketAddr>>,
+    /// Runtime worker threads. Default 0 = one per core; 1 = single-threaded; at most 1024.
+    pub(super) worker_threads: Option<usize>,
+    /// Time allowed for a client to send the request head. Default `"10s"`.
+    pub(super) header_read_timeout: Option<Human<Duration>>,
+    /// On shutdown, how long in-flight requests may finish. Default `"30s"`.
+    pub(super) shutdown_grace: Option<Human<Duration>>,
+    /// Larger request bodies get `413 Content Too Large`. Default `"10MiB"`.
+    pub(super) max_request_body: Option<Human<ByteSize>>,
+    /// Larger request heads get `431`. Default `"64KiB"`, at least `"8KiB"`.
+    pub(super) max_header_bytes: Option<Human<ByteSize>>,
+    /// Also serve HTTP/2 cleartext with prior knowledge (h2c). Default `true`.
+    pub(super) http2: Option<bool>,
+    /// A `tracing` EnvFilter directive, e.g. `"info"` or `"info,augur=debug"`. Default `"info"`.
+    /// `RUST_LOG`, when set, wins at runtime.
+    pub(super) log_level: Option<String>,
+    /// `"text"` (default) or `"json"`.
+    pub(super) log_format: Option<Human<LogFormat>>,
+}
+
+/// `[upstream]`: defaults for every route; each route may override the first three.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstream {
+    /// TCP connect timeout. Default `"2s"`.
+    pub(super) connect_timeout: Option<Human<Duration>>,
+    /// Time until the upstream's response headers arrive. Default `"30s"`.
+    pub(super) timeout: Option<Human<Duration>>,
+    /// Concurrent connections per upstream. Default 256, at least 1.
+    pub(super) max_connections: Option<usize>,
+    /// How long a pooled keep-alive connection may stay idle. Default `"90s"`.
+    pub(super) idle_timeout: Option<Human<Duration>>,
+}
+
+/// `[cache]`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCache {
+    /// Memory budget of the cache. Default `"256MiB"`, at least `"1MiB"`.
+    pub(super) memory: Option<Human<ByteSize>>,
+    /// Larger responses stream through unstored. Default `"8MiB"`; must be <= `memory`.
+    pub(super) max_entry_size: Option<Human<ByteSize>>,
+    /// zstd level for stored bodies, 1..=19. Default 3.
+    pub(super) compression_level: Option<i32>,
+    /// Bodies at or above this size are zstd-compressed when stored. Default `"1KiB"`.
+    pub(super) compression_threshold: Option<Human<ByteSize>>,
+    /// TTL for routes that set none. Default `"0s"` = store only responses with explicit
+    /// freshness (`Cache-Control: max-age`, `Expires`).
+    pub(super) default_ttl: Option<Human<Duration>>,
+    /// How long concurrent misses for one key wait for the leader's response before fetching
+    /// themselves. Default `"10s"`.
+    pub(super) coalesce_timeout: Option<Human<Duration>>,
+    /// Upper bound of a heuristic freshness lifetime (10% of the time since `Last-Modified`,
+    /// used only when the origin sends no explicit freshness). Default `"24h"`; `"0s"` = never
+    /// use heuristic freshness.
+    pub(super) max_heuristic_ttl: Option<Human<Duration>>,
+    /// A cache-control field aimed at Augur alone (RFC 9213 targeted field), taking precedence
+    /// over `CDN-Cache-Control` and `Cache-Control`. Default `"Augur-Cache-Control"`; `""` = none.
+    pub(super) targeted_field: Option<String>,
+    /// Variants stored per URL when responses carry `Vary` (one per combination of the
+    /// request headers it names), 1..=1024. Default 8; the least recently stored is dropped
+    /// first, so no client can fill the cache with variants of one URL.
+    pub(super) max_variants: Option<usize>,
+}
+
+/// `[redis]`: Redis (or Redis Cluster) as the second tier shared by a fleet.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRedis {
+    /// `redis://[USER:PASS@]HOST[:PORT][/DB]`, `rediss://…` (TLS) or `unix:///path/redis.sock`.
+    /// Exactly one of `url` / `cluster`.
+    pub(super) url: Option<Human<RedisUrl>>,
+    /// Redis Cluster seed nodes, e.g. `["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]`.
+    pub(super) cluster: Option<Vec<Human<RedisUrl>>>,
+    /// Prefix of every key and of the invalidation channel. Default `"augur:"`.
+    pub(super) key_prefix: Option<String>,
+    /// Deadline of one operation on the request path. Default `"50ms"`.
+    pub(super) timeout: Option<Human<Duration>>,
+    /// Deadline of one connection attempt. Default `"1s"`.
+    pub(super) connect_timeout: Option<Human<Duration>>,
+    /// Larger encoded entries stay in L1 only. Default `"1MiB"`.
+    pub(super) max_entry_size: Option<Human<ByteSize>>,
+    /// Consecutive failures that open the circuit breaker. Default 5, at least 1.
+    pub(super) breaker_errors: Option<u32>,
+    /// How long the open breaker skips Redis before probing. Default `"1s"`.
+    pub(super) breaker_cooldown: Option<Human<Duration>>,
+    /// PEM file of the CA(s) that sign the Redis server's certificate, for `rediss://` with a
+    /// private CA. Default: the system's trust store.
+    pub(super) ca_file: Option<String>,
+}
+
+/// `[prefetch]`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPrefetch {
+    /// Request header that identifies a client, e.g. `"X-Client-Id"`. Default: `client_cookie`,
+    /// else a hash of `Authorization` when present, else the peer IP.
+    pub(super) client_header: Option<Human<HeaderName>>,
+    /// Cookie whose value identifies a client (e.g. `"session"`), used when `client_header`
+    /// is unset or absent. Default: none.
+    pub(super) client_cookie: Option<Human<CookieName>>,
+    /// A client's request sequence ends after this long without a request. Default `"5m"`.
+    pub(super) idle_gap: Option<Human<Duration>>,
+    /// Successors prefetched per request, 1..=8. Default 1.
+    pub(super) top_k: Option<usize>,
+    /// Minimum transition probability to prefetch, in (0, 1]. Default 0.3.
+    pub(super) threshold: Option<f32>,
+    /// Transitions whose prefetch precision falls below this stop being prefetched, in
+    /// [0, 1]. Default 0.3.
+    pub(super) precision_floor: Option<f32>,
+    /// Prefetches with a known fate a transition needs before the floor applies. Default 3.
+    pub(super) min_samples: Option<u32>,
+    /// Prefetches allowed per client request, in [0, 1]. Default 0.1.
+    pub(super) budget: Option<f32>,
+    /// Concurrent prefetch requests to the upstreams, at least 1. Default 8.
+    pub(super) max_concurrency: Option<usize>,
+    /// A prefetched entry unused by a real request within this window counts as wasted.
+    /// Default `"60s"`.
+    pub(super) use_window: Option<Human<Duration>>,
+    /// Half-life of the model's counts. Default `"1h"`.
+    pub(super) half_life: Option<Human<Duration>>,
+    /// Cap on model states (least recently used dropped). Default 100000.
+    pub(super) max_states: Option<usize>,
+    /// Successors kept per state. Default 4.
+    pub(super) top_successors: Option<usize>,
+    /// Observations queued for the background worker; beyond this they are dropped.
+    /// Default 4096.
+    pub(super) queue: Option<usize>,
+    /// File the model is saved to on shutdown and loaded from at start. Default: none.
+    pub(super) state_file: Option<String>,
+}
+
+/// `[[route]]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    /// Required, unique, `[A-Za-z0-9_-]+`. Appears in logs and metrics.
+    pub(super) name: String,
+    /// Host names to match, e.g. `["api.example.com", "*.example.com"]` (`*.` only as a
+    /// leading wildcard). Absent or empty = any host.
+    pub(super) hosts: Option<Vec<String>>,
+    /// Match paths starting with this, e.g. `"/users/"`. Must start with `/`.
+    pub(super) path_prefix: Option<String>,
+    /// Match paths against a glob: `*` = one segment, `**` = any number, e.g.
+    /// `"/users/*/orders"`. At most one of `path_prefix` / `path`; neither = prefix `"/"`.
+    pub(super) path: Option<String>,
+    /// Methods to match, e.g. `["GET", "HEAD"]` (upper-cased). Absent = any method.
+    pub(super) methods: Option<Vec<Human<Method>>>,
+    /// Required. `http://HOST[:PORT][/BASE-PATH]`; https is not supported yet.
+    pub(super) upstream: Human<Uri>,
+    /// `Host` header sent upstream. Default: the upstream URL's authority.
+    pub(super) upstream_host: Option<String>,
+    /// How long responses stay fresh in the cache. Default `[cache].default_ttl`.
+    pub(super) ttl: Option<Human<Duration>>,
+    /// Only these query parameters take part in the cache key.
+    pub(super) query_include: Option<Vec<String>>,
+    /// All query parameters except these take part in the cache key. At most one of
+    /// `query_include` / `query_exclude`; neither = every parameter counts.
+    pub(super) query_exclude: Option<Vec<String>>,
+    /// Request header names whose values are added to the cache key, e.g. `["Accept-Language"]`.
+    pub(super) key_headers: Option<Vec<Human<HeaderName>>>,
+    /// Overrides `[upstream].timeout`.
+    pub(super) timeout: Option<Human<Duration>>,
+    /// Overrides `[upstream].connect_timeout`.
+    pub(super) connect_timeout: Option<Human<Duration>>,
+    /// Overrides `[upstream].max_connections`.
+    pub(super) max_connections: Option<usize>,
+    /// How `ttl` combines with the origin's freshness: `"respect"` (default: the origin wins,
+    /// `ttl` only when it says nothing), `"override"` (`ttl` wins), `"floor"` (at least `ttl`),
+    /// `"cap"` (at most `ttl`). Anything but `"respect"` needs a non-zero `ttl` or
+    /// `[cache].default_ttl`.
+    pub(super) cache_mode: Option<Human<CacheMode>>,
+    /// Store responses that carry `Set-Cookie`; the cookie is stripped from the stored copy
+    /// and never served from the cache. Default `false` (such responses are not stored).
+    pub(super) cache_set_cookie: Option<bool>,
+    /// Serve stale responses up to this long past their lifetime, refreshed in the background
+    /// or when the upstream fails, for origins that send neither `stale-while-revalidate` nor
+    /// `stale-if-error`. Never for `must-revalidate`, `proxy-revalidate`, `no-cache`,
+    /// `s-maxage`. Default `"0s"` (off).
+    pub(super) grace: Option<Human<Duration>>,
+    /// Let the prefetcher fetch this route's URLs ahead of the client. Default `false`.
+    pub(super) prefetch: Option<bool>,
+    /// Request headers a prefetch may copy from the client's request, e.g.
+    /// `["Accept-Language"]`. Default none: prefetches never carry credentials.
+    pub(super) prefetch_forward_headers: Option<Vec<Human<HeaderName>>>,
+}
