@@ -215,16 +215,14 @@ impl Markov {
         let mut keys = std::mem::take(&mut self.scratch);
         let (raw, tmpl) = self.intern_request(&mut keys, host, pq);
         self.observe_ids(client, raw, tmpl, now_ms);
-        let out = self.predict_ids(
-            Some(raw),
-            Some(tmpl),
-            &mut keys,
+        let ask = predict::Ask {
             host,
             pq,
             now_ms,
             k,
             threshold,
-        );
+        };
+        let out = self.predict_ids(Some(raw), Some(tmpl), &mut keys, &ask);
         self.scratch = keys;
         out
     }

@@ -45,6 +45,16 @@ impl Credits {
     }
 }
 
+/// What a prediction is asked for: after `host` + `pq` at `now_ms`, at most `k` successors
+/// with probability ≥ `threshold`.
+pub(super) struct Ask<'a> {
+    pub host: &'a str,
+    pub pq: &'a str,
+    pub now_ms: u64,
+    pub k: usize,
+    pub threshold: f32,
+}
+
 /// A predicted next request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
@@ -80,23 +90,33 @@ impl Markov {
                 self.lookup(&keys.tmpl)
             }
         };
-        let out = self.predict_ids(raw, tmpl, &mut keys, host, pq, now_ms, k, threshold);
+        let ask = Ask {
+            host,
+            pq,
+            now_ms,
+            k,
+            threshold,
+        };
+        let out = self.predict_ids(raw, tmpl, &mut keys, &ask);
         self.scratch = keys;
         out
     }
 
-    #[allow(clippy::too_many_arguments)] // reason: the two entry points' arguments, passed on
+    /// [`Markov::predict`] for the state ids of the request (its URL and its template).
     pub(super) fn predict_ids(
         &mut self,
         raw: Option<Id>,
         tmpl: Option<Id>,
         keys: &mut Keys,
-        host: &str,
-        pq: &str,
-        now_ms: u64,
-        k: usize,
-        threshold: f32,
+        ask: &Ask<'_>,
     ) -> Vec<Prediction> {
+        let &Ask {
+            host,
+            pq,
+            now_ms,
+            k,
+            threshold,
+        } = ask;
         let mut out: Vec<Prediction> = Vec::new();
         if k == 0 {
             return out;
