@@ -88,6 +88,9 @@ fn route(name: &str, host: &str, prefix: Option<&str>, pattern: Option<&str>) ->
         grace: Duration::ZERO,
         prefetch: false,
         prefetch_forward_headers: vec![],
+        strip_request_headers: vec![],
+        forward_unkeyed_query: false,
+        ignore_client_no_cache: false,
     }
 }
 

@@ -522,14 +522,19 @@ fn collect_params<'a>(raw: &'a str, policy: &QueryKey, out: &mut ParamBuf<'a>) {
                 value: None,
             },
         };
-        let keep = match policy {
-            QueryKey::All => true,
-            QueryKey::Include(names) => names.iter().any(|n| decoded_eq(param.name, n)),
-            QueryKey::Exclude(names) => !names.iter().any(|n| decoded_eq(param.name, n)),
-        };
-        if keep {
+        if keeps_param(param.name, policy) {
             out.push(param);
         }
+    }
+}
+
+/// Does the route's query rule keep the parameter named `name` (raw, as in the URI)? The
+/// one rule for the key and for what goes upstream (`normalise::keyed_query`).
+pub(crate) fn keeps_param(name: &str, policy: &QueryKey) -> bool {
+    match policy {
+        QueryKey::All => true,
+        QueryKey::Include(names) => names.iter().any(|n| decoded_eq(name, n)),
+        QueryKey::Exclude(names) => !names.iter().any(|n| decoded_eq(name, n)),
     }
 }
 

@@ -31,6 +31,7 @@
 // In request order: accept, route, key, the request path, the cache, the upstream, then
 // what watches and steers it. `config`, `clock`, `metrics`, `body` and `error` are leaves.
 pub mod server;
+pub mod normalise;
 pub mod route;
 pub mod key;
 pub mod proxy;

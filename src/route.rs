@@ -228,6 +228,9 @@ mod tests {
             grace: Duration::ZERO,
             prefetch: false,
             prefetch_forward_headers: vec![],
+            strip_request_headers: vec![],
+            forward_unkeyed_query: false,
+            ignore_client_no_cache: false,
         }
     }
 

@@ -173,9 +173,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 static VIA: HeaderValue = HeaderValue::from_static("1.1 augur");
 
 /// The client's headers made ready to go upstream: hop-by-hop removed, `X-Forwarded-For`
-/// extended with the peer, `X-Forwarded-Proto`/`-Host` set, `Via` added. `Host` is set by
+/// extended with the peer, `Via` added, `X-Forwarded-Proto`/`-Host` set: to `http` and the
+/// request's host (normalised as the key sees it), or, from a `trusted` peer (a front proxy
+/// in `[server] trusted_proxies`), kept as that peer sent them. `Host` is set by
 /// [`Upstream::send`] to what the upstream expects.
-pub fn forward_headers(mut headers: HeaderMap, peer: SocketAddr, host: &str) -> HeaderMap {
+pub fn forward_headers(
+    mut headers: HeaderMap,
+    peer: SocketAddr,
+    host: &str,
+    trusted: bool,
+) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
     let ip = peer.ip().to_string();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
@@ -185,12 +192,28 @@ pub fn forward_headers(mut headers: HeaderMap, peer: SocketAddr, host: &str) -> 
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert("x-forwarded-for", v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if let Ok(v) = HeaderValue::from_str(host) {
-        headers.insert("x-forwarded-host", v);
+    let proto_kept = trusted
+        && headers
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v == "https" || v == "http");
+    if !proto_kept {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if !(trusted && headers.contains_key("x-forwarded-host")) {
+        if let Ok(v) = HeaderValue::from_str(&canonical_host(host)) {
+            headers.insert("x-forwarded-host", v);
+        }
     }
     headers.append(header::VIA, VIA.clone());
     headers
+}
+
+/// The host as the cache key sees it: lower-case, without a trailing dot or `:80`, so that
+/// requests that share a key send the upstream the same `X-Forwarded-Host`.
+fn canonical_host(host: &str) -> String {
+    let host = host.strip_suffix(":80").unwrap_or(host);
+    let host = host.strip_suffix('.').unwrap_or(host);
+    host.to_ascii_lowercase()
 }
 
 /// The result of trying to buffer a response body for the store.
@@ -267,10 +290,24 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         let peer: SocketAddr = "127.0.0.9:5000".parse().unwrap();
-        let out = forward_headers(h, peer, "api.example.com");
+        let out = forward_headers(h, peer, "api.example.com", false);
         assert_eq!(out["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
         assert_eq!(out["x-forwarded-host"], "api.example.com");
         assert_eq!(out["x-forwarded-proto"], "http");
         assert_eq!(out[header::VIA], "1.1 augur");
+    }
+
+    #[test]
+    fn forwarded_proto_and_host_are_kept_only_from_trusted_peers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("shop.example"));
+        let peer: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        let untrusted = forward_headers(h.clone(), peer, "Shop.Example.", false);
+        assert_eq!(untrusted["x-forwarded-proto"], "http");
+        assert_eq!(untrusted["x-forwarded-host"], "shop.example");
+        let trusted = forward_headers(h, peer, "internal:8080", true);
+        assert_eq!(trusted["x-forwarded-proto"], "https");
+        assert_eq!(trusted["x-forwarded-host"], "shop.example");
     }
 }

@@ -722,8 +722,12 @@ async fn purge_and_unsafe_methods_drop_every_variant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_url_that_stops_varying_is_stored_once_again() {
     // `h_vary` is left out of the key, so both URLs below are one resource whose origin
-    // first varies and then stops.
-    let (up, proxy) = start(r#"query_exclude = ["h_vary"]"#).await;
+    // first varies and then stops (the test upstream reads `h_vary`, so it is forwarded).
+    let (up, proxy) = start(
+        r#"query_exclude = ["h_vary"]
+forward_unkeyed_query = true"#,
+    )
+    .await;
     let varying = pq(
         "/sv",
         &[("cc", "max-age=60"), ("h_vary", "Accept-Language")],

@@ -5,6 +5,7 @@
 //! value's `line:col` with its TOML path. The checks run in file order (server, cache,
 //! prefetch, routes, redis) and stop at the first problem, so one run names one error.
 
+use crate::normalise::PathRules;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -58,6 +59,16 @@ fn build_server(doc: &Doc, s: RawServer) -> Result<ServerConfig, ConfigError> {
             None => d.log_level,
         },
         log_format: s.log_format.value_or(d.log_format),
+        paths: PathRules {
+            merge_slashes: s.merge_slashes.unwrap_or(d.paths.merge_slashes),
+            escaped_slashes: s.escaped_slashes.value_or(d.paths.escaped_slashes),
+        },
+        trusted_proxies: s
+            .trusted_proxies
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| h.0)
+            .collect(),
     })
 }
 
@@ -82,6 +93,9 @@ fn build_cache(doc: &Doc, c: RawCache) -> Result<CacheConfig, ConfigError> {
         coalesce_timeout: c.coalesce_timeout.value_or(d.coalesce_timeout),
         max_heuristic_ttl: c.max_heuristic_ttl.value_or(d.max_heuristic_ttl),
         max_variants: c.max_variants.unwrap_or(d.max_variants),
+        invalidate_unknown_methods: c
+            .invalidate_unknown_methods
+            .unwrap_or(d.invalidate_unknown_methods),
         targeted_field: match c.targeted_field {
             None => d.targeted_field,
             Some(t) if t.trim().is_empty() => None,
@@ -298,6 +312,9 @@ fn build_route(
         grace: r.grace.value_or(Duration::ZERO),
         prefetch: r.prefetch.unwrap_or(false),
         prefetch_forward_headers: header_names(r.prefetch_forward_headers),
+        strip_request_headers: header_names(r.strip_request_headers),
+        forward_unkeyed_query: r.forward_unkeyed_query.unwrap_or(false),
+        ignore_client_no_cache: r.ignore_client_no_cache.unwrap_or(false),
     };
     check_route_limits(doc, i, &route, cache)?;
     Ok(route)

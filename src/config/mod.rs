@@ -21,6 +21,9 @@ mod raw;
 mod build;
 mod env;
 
+use ipnet::IpNet;
+
+use crate::normalise::PathRules;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -59,6 +62,11 @@ pub struct ServerConfig {
     pub http2: bool,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// How request paths are normalised before routing, keying and forwarding.
+    pub paths: PathRules,
+    /// Peers whose `X-Forwarded-For` / `-Proto` / `-Host` are kept (appended to); from any
+    /// other peer Augur sets them itself. Empty = none.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +99,9 @@ pub struct CacheConfig {
     /// Variants kept per URL when responses `Vary` (RFC 9111 §4.1); the least recently stored
     /// goes first.
     pub max_variants: usize,
+    /// A 2xx/3xx answer to a method other than POST, PUT, PATCH and DELETE also invalidates
+    /// (RFC 9111 §4.4 reads "unsafe"). Default `false`: unknown methods cannot purge.
+    pub invalidate_unknown_methods: bool,
 }
 
 /// How a route's TTL combines with the origin's own freshness (see README, "Caching rules").
@@ -242,6 +253,15 @@ pub struct RouteConfig {
     /// Client request headers a prefetch may carry (default none: prefetches never carry
     /// the client's credentials).
     pub prefetch_forward_headers: Vec<HeaderName>,
+    /// Request headers removed from cacheable requests before they are keyed or forwarded
+    /// (on top of the override fields Augur always removes; see `normalise`).
+    pub strip_request_headers: Vec<HeaderName>,
+    /// Send query parameters the key leaves out to the upstream anyway. Default `false`:
+    /// the upstream sees exactly the parameters the key holds.
+    pub forward_unkeyed_query: bool,
+    /// Serve stored fresh responses to requests with `Cache-Control: no-cache` / `max-age=0`
+    /// (browser reloads) instead of revalidating each. Default `false` (RFC 9111 as is).
+    pub ignore_client_no_cache: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,6 +288,8 @@ impl Default for ServerConfig {
             http2: true,
             log_level: "info".to_owned(),
             log_format: LogFormat::Text,
+            paths: PathRules::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -295,6 +317,7 @@ impl Default for CacheConfig {
             max_heuristic_ttl: Duration::from_secs(24 * 3600),
             targeted_field: Some(HeaderName::from_static("augur-cache-control")),
             max_variants: 8,
+            invalidate_unknown_methods: false,
         }
     }
 }

@@ -9,10 +9,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{HeaderName, Method, Uri};
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::units::{ByteSize, CookieName, Human, RedisUrl};
 use super::{CacheMode, LogFormat};
+use crate::normalise::EscapedSlashes;
 
 /// The whole `proxy.toml`. Every section is optional except at least one `[[route]]`.
 #[derive(Deserialize)]
@@ -57,6 +59,14 @@ pub(super) struct RawServer {
     pub(super) max_header_bytes: Option<Human<ByteSize>>,
     /// Also serve HTTP/2 cleartext with prior knowledge (h2c). Default `true`.
     pub(super) http2: Option<bool>,
+    /// Merge runs of `/` in request paths before routing, keying and forwarding. Default `true`.
+    pub(super) merge_slashes: Option<bool>,
+    /// Encoded slashes (`%2F`, `%5C`) in paths: `"reject"` (400, default), `"keep"` (one
+    /// segment, forwarded encoded) or `"decode"` (to `/`, then routed).
+    pub(super) escaped_slashes: Option<Human<EscapedSlashes>>,
+    /// Peers (CIDRs, e.g. `["10.0.0.0/8"]`) whose `X-Forwarded-For`/`-Proto`/`-Host` are
+    /// kept; from others Augur sets them itself. Default none.
+    pub(super) trusted_proxies: Option<Vec<Human<IpNet>>>,
     /// A `tracing` EnvFilter directive, e.g. `"info"` or `"info,augur=debug"`. Default `"info"`.
     /// `RUST_LOG`, when set, wins at runtime.
     pub(super) log_level: Option<String>,
@@ -107,6 +117,9 @@ pub(super) struct RawCache {
     /// request headers it names), 1..=1024. Default 8; the least recently stored is dropped
     /// first, so no client can fill the cache with variants of one URL.
     pub(super) max_variants: Option<usize>,
+    /// Let a 2xx/3xx answer to a method other than POST, PUT, PATCH, DELETE invalidate the
+    /// URL too. Default `false`.
+    pub(super) invalidate_unknown_methods: Option<bool>,
 }
 
 /// `[redis]`: Redis (or Redis Cluster) as the second tier shared by a fleet.
@@ -229,4 +242,15 @@ pub(super) struct RawRoute {
     /// Request headers a prefetch may copy from the client's request, e.g.
     /// `["Accept-Language"]`. Default none: prefetches never carry credentials.
     pub(super) prefetch_forward_headers: Option<Vec<Human<HeaderName>>>,
+    /// Request headers removed from GET/HEAD before keying and forwarding, e.g.
+    /// `["X-Debug"]` (on top of `Forwarded`, `X-Original-URL` and the other override fields
+    /// Augur always removes unless `key_headers` names them). Default none.
+    pub(super) strip_request_headers: Option<Vec<Human<HeaderName>>>,
+    /// Forward query parameters that `query_include` / `query_exclude` leave out of the key.
+    /// Default `false`: they are dropped, so the upstream cannot answer for a parameter the
+    /// key does not hold (cache poisoning). `augur check` warns when set.
+    pub(super) forward_unkeyed_query: Option<bool>,
+    /// Answer `Cache-Control: no-cache` / `max-age=0` requests (browser reloads) from a fresh
+    /// stored response instead of going upstream. Default `false`.
+    pub(super) ignore_client_no_cache: Option<bool>,
 }

@@ -2,6 +2,9 @@
 //! methods, header names, the upstream URL. Parsed while deserializing so that `toml` reports
 //! a bad value at its own span.
 
+use ipnet::IpNet;
+
+use crate::normalise::EscapedSlashes;
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -177,6 +180,34 @@ impl HumanUnit for CacheMode {
                 r#"invalid cache mode {s:?} (expected "respect", "override", "floor" or "cap")"#
             )),
         }
+    }
+}
+
+impl HumanUnit for EscapedSlashes {
+    const EXPECTING: &'static str = r#""reject", "keep" or "decode""#;
+    fn parse(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "reject" => Ok(EscapedSlashes::Reject),
+            "keep" => Ok(EscapedSlashes::Keep),
+            "decode" => Ok(EscapedSlashes::Decode),
+            _ => Err(format!(
+                r#"invalid escaped_slashes {s:?} (expected "reject", "keep" or "decode")"#
+            )),
+        }
+    }
+}
+
+impl HumanUnit for IpNet {
+    const EXPECTING: &'static str = r#"an address or CIDR such as "10.0.0.0/8""#;
+    fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        s.parse::<IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map_err(|_| {
+                format!(
+                    r#"invalid address or CIDR {s:?} (expected e.g. "10.0.0.0/8" or "192.0.2.7")"#
+                )
+            })
     }
 }
 

@@ -36,8 +36,8 @@ const BLOCKING_COMPRESS: usize = 256 * 1024;
 #[derive(Clone, Copy)]
 pub(super) enum Sender {
     /// A client (or a background refresh on behalf of one): its headers, forwarded with
-    /// `X-Forwarded-*` for this peer.
-    Client(SocketAddr),
+    /// `X-Forwarded-*` for this peer (kept from a trusted proxy).
+    Client { peer: SocketAddr, trusted: bool },
     /// A background prefetch: the headers are already the filtered set the route lets a
     /// prefetch send; nothing of a client's identity, marked `x-augur-prefetch: 1`.
     Prefetch,
@@ -64,7 +64,10 @@ impl Exchange<'_> {
             pq: self.pq,
             headers: self.headers(),
             key: self.key,
-            sender: Sender::Client(self.peer),
+            sender: Sender::Client {
+                peer: self.peer,
+                trusted: self.trusted,
+            },
         }
     }
 }
@@ -160,8 +163,8 @@ impl Proxy {
     /// client's copy, not the one being stored.
     fn upstream_headers(&self, target: &Target<'_>) -> HeaderMap {
         let mut headers = match target.sender {
-            Sender::Client(peer) => {
-                upstream::forward_headers(target.headers.clone(), peer, target.host)
+            Sender::Client { peer, trusted } => {
+                upstream::forward_headers(target.headers.clone(), peer, target.host, trusted)
             }
             Sender::Prefetch => {
                 let mut h = target.headers.clone();

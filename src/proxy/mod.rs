@@ -41,12 +41,14 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::normalise::PathRules;
 use crate::prefetch::{self, Prefetcher};
 use crate::route::{Route, Routes};
 use crate::upstream::Upstream;
+use ipnet::IpNet;
 pub use respond::accepts_zstd;
 
-use exchange::{Exchange, Refused};
+use exchange::{Exchange, Reading, Refused};
 use fetch::{Sender, Target};
 use refresh::Refresh;
 
@@ -72,6 +74,9 @@ pub struct Proxy {
     refresh_rx: Mutex<Option<mpsc::Receiver<Refresh>>>,
     /// Keys with a refresh queued or running, so a burst of stale hits refreshes once.
     refreshing: Mutex<HashSet<crate::key::CacheKey>>,
+    paths: PathRules,
+    trusted_proxies: Vec<IpNet>,
+    invalidate_unknown_methods: bool,
 }
 
 impl Proxy {
@@ -115,7 +120,29 @@ impl Proxy {
             refresh_tx,
             refresh_rx: Mutex::new(Some(refresh_rx)),
             refreshing: Mutex::new(HashSet::new()),
+            paths: config.server.paths,
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            invalidate_unknown_methods: config.cache.invalidate_unknown_methods,
         })
+    }
+
+    /// What reading a request needs from the config.
+    fn reading(&self) -> Reading<'_> {
+        Reading {
+            routes: &self.routes,
+            paths: &self.paths,
+            trusted_proxies: &self.trusted_proxies,
+        }
+    }
+
+    /// Does a 2xx/3xx answer to `method` invalidate (RFC 9111 §4.4)? The unsafe methods
+    /// HTTP defines do; an unknown method only when configured, so that no client can purge
+    /// a URL fleet-wide with `FOO /x` against an origin that answers anything with 200.
+    fn invalidates(&self, method: &Method) -> bool {
+        matches!(
+            *method,
+            Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+        ) || (self.invalidate_unknown_methods && !method.is_safe())
     }
 
     pub fn cache(&self) -> &Cache {
@@ -143,15 +170,15 @@ impl Proxy {
         B::Error: Into<crate::body::BoxError>,
     {
         let started = Instant::now();
-        let (parts, body) = req.into_parts();
-        let ex = match Exchange::new(&parts, &self.routes, peer, started) {
+        let (mut parts, body) = req.into_parts();
+        let ex = match Exchange::new(&mut parts, &self.reading(), peer, started) {
             Ok(ex) => ex,
             Err(Refused::NoHost) => {
                 return ProxyError::BadRequest("missing or invalid Host header").to_response()
             }
-            Err(Refused::NoRoute(host)) => {
+            Err(Refused::BadPath(e)) => return ProxyError::BadRequest(e.as_str()).to_response(),
+            Err(Refused::NoRoute(what)) => {
                 self.metrics.no_route.increment(1);
-                let what = format!("{} {}{}", parts.method, host, parts.uri.path());
                 return ProxyError::NoRoute(what).to_response();
             }
         };
@@ -163,7 +190,7 @@ impl Proxy {
             return self.finish(&ex, verdict, resp);
         }
         let resp = self.pass(&ex, body).await;
-        if !ex.method().is_safe() {
+        if self.invalidates(ex.method()) {
             for key in self.invalidated_by(&ex, &resp) {
                 self.cache.invalidate(&key).await;
             }
@@ -205,8 +232,15 @@ impl Proxy {
 
     /// GET/HEAD: L1, or one coalesced fetch that stores what policy allows.
     async fn through_cache(&self, ex: &Exchange<'_>) -> (CacheStatus, Response<Body>) {
+        let mut directives = policy::request_directives(ex.headers());
+        if ex.route.cfg.ignore_client_no_cache {
+            // A reload (`no-cache`, `max-age=0`) is answered from a fresh stored response,
+            // as nginx and Varnish do by default: no client can make each request go upstream.
+            directives.no_cache = false;
+            directives.max_age = directives.max_age.filter(|&a| a > 0);
+        }
         let want = Want {
-            directives: policy::request_directives(ex.headers()),
+            directives,
             authorization: ex.headers().contains_key(header::AUTHORIZATION),
             allow_stale: true,
         };

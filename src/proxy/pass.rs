@@ -25,7 +25,7 @@ impl Proxy {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<crate::body::BoxError>,
     {
-        let headers = upstream::forward_headers(ex.headers().clone(), ex.peer, ex.host);
+        let headers = upstream::forward_headers(ex.headers().clone(), ex.peer, ex.host, ex.trusted);
         let body = if has_body(&headers) {
             Body::stream(Limited::new(body, self.max_request_body as usize))
         } else {

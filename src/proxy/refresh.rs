@@ -26,6 +26,7 @@ pub(super) struct Refresh {
     pq: String,
     headers: HeaderMap,
     peer: SocketAddr,
+    trusted: bool,
     host: String,
 }
 
@@ -57,6 +58,7 @@ impl Proxy {
             pq: ex.pq.to_owned(),
             headers: ex.headers().clone(),
             peer: ex.peer,
+            trusted: ex.trusted,
             host: ex.host.to_owned(),
         };
         if self.refresh_tx.try_send(job).is_err() {
@@ -77,7 +79,10 @@ impl Proxy {
                     pq: &job.pq,
                     headers: &job.headers,
                     key: job.key,
-                    sender: Sender::Client(job.peer),
+                    sender: Sender::Client {
+                        peer: job.peer,
+                        trusted: job.trusted,
+                    },
                 };
                 self.fetch_for_store(target, None)
             };
