@@ -21,10 +21,10 @@ pub mod entry;
 pub mod memory;
 pub mod policy;
 pub mod redis;
+mod vary;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +43,7 @@ use crate::metrics::Metrics;
 use entry::{Entry, Flags};
 use memory::Memory;
 use policy::Use;
+use vary::Variants;
 
 /// What a fetch produced.
 pub enum Fetched {
@@ -716,91 +717,6 @@ impl DecodedBodies {
         DecodedBodies {
             cache: quick_cache::sync::Cache::with_weighter(items, budget.max(1), ByLen),
         }
-    }
-}
-
-/// The `Vary` index (RFC 9111 §4.1): for each URL (primary key) whose responses vary, the
-/// header names they vary on and the keys of the variants stored, least recently stored first,
-/// at most `max` of them. Bounded in count, like L1 in bytes; an index evicted before its
-/// variants only costs a miss (the next response indexes the URL again).
-struct Variants {
-    map: quick_cache::sync::Cache<CacheKey, Arc<VaryIndex>>,
-    max: usize,
-    /// Something was ever indexed; until then `key` costs one atomic load.
-    any: std::sync::atomic::AtomicBool,
-}
-
-struct VaryIndex {
-    names: Vec<http::HeaderName>,
-    keys: Mutex<std::collections::VecDeque<CacheKey>>,
-}
-
-impl Variants {
-    fn new(memory: u64, max: usize) -> Variants {
-        let items = usize::try_from(memory / 16_384)
-            .unwrap_or(1 << 16)
-            .max(1024);
-        Variants {
-            map: quick_cache::sync::Cache::new(items),
-            max: max.max(1),
-            any: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    fn key(&self, primary: &CacheKey, headers: &http::HeaderMap) -> CacheKey {
-        if !self.any.load(Ordering::Relaxed) {
-            return *primary;
-        }
-        match self.map.get(primary) {
-            Some(ix) => primary.variant(&ix.names, headers),
-            None => *primary,
-        }
-    }
-
-    /// Record `key` as the newest variant of `primary` varying on `names`; returns the keys
-    /// that are no longer variants (over `max`, or indexed under other names, or the
-    /// unvarying entry the URL had before), for L1 to drop.
-    fn add(&self, primary: CacheKey, names: Vec<http::HeaderName>, key: CacheKey) -> Vec<CacheKey> {
-        let mut dropped = Vec::new();
-        let ix = match self.map.get(&primary) {
-            Some(ix) if ix.names == names => ix,
-            old => {
-                match old {
-                    Some(old) => dropped.extend(old.keys.lock().drain(..)),
-                    None => dropped.push(primary),
-                }
-                let ix = Arc::new(VaryIndex {
-                    names,
-                    keys: Mutex::new(std::collections::VecDeque::new()),
-                });
-                self.map.insert(primary, ix.clone());
-                self.any.store(true, Ordering::Relaxed);
-                ix
-            }
-        };
-        let mut keys = ix.keys.lock();
-        keys.retain(|k| *k != key);
-        keys.push_back(key);
-        while keys.len() > self.max {
-            dropped.extend(keys.pop_front());
-        }
-        dropped.retain(|k| *k != key);
-        dropped
-    }
-
-    /// `primary` no longer varies, or is purged: its variant keys, for L1 to drop.
-    fn forget(&self, primary: &CacheKey) -> Vec<CacheKey> {
-        if !self.any.load(Ordering::Relaxed) {
-            return Vec::new();
-        }
-        match self.map.remove(primary) {
-            Some((_, ix)) => ix.keys.lock().drain(..).collect(),
-            None => Vec::new(),
-        }
-    }
-
-    fn clear(&self) {
-        self.map.clear();
     }
 }
 
