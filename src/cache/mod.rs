@@ -21,6 +21,7 @@ pub mod entry;
 pub mod memory;
 pub mod policy;
 pub mod redis;
+mod decoded;
 mod vary;
 
 use std::collections::HashMap;
@@ -40,6 +41,7 @@ use crate::error::ProxyError;
 use crate::key::CacheKey;
 pub use crate::metrics::CacheStatus;
 use crate::metrics::Metrics;
+use decoded::DecodedBodies;
 use entry::{Entry, Flags};
 use memory::Memory;
 use policy::Use;
@@ -576,12 +578,7 @@ impl Cache {
     /// Remember the uncompressed body of a compressed `entry` just built from `identity`, so
     /// that serving it does not decompress it again.
     pub fn seed_identity(&self, key: &CacheKey, entry: &Entry, identity: bytes::Bytes) {
-        if matches!(entry.body, entry::StoredBody::Zstd { .. }) {
-            let tag = identity_tag(entry);
-            self.decoded
-                .cache
-                .insert(*key, (tag, bytes::Bytes::copy_from_slice(&identity)));
-        }
+        self.decoded.seed(key, entry, identity);
     }
 
     /// The body of `entry` (stored under `key`) as a client without zstd sees it.
@@ -590,32 +587,18 @@ impl Cache {
         key: &CacheKey,
         entry: &Entry,
     ) -> Result<bytes::Bytes, entry::CodecError> {
-        match &entry.body {
-            entry::StoredBody::Raw(b) => Ok(b.clone()),
-            entry::StoredBody::Zstd { .. } => {
-                // Tag with the entry's identity so a replaced entry never serves an old body.
-                let tag = identity_tag(entry);
-                if let Some((t, body)) = self.decoded.cache.get(key) {
-                    if t == tag {
-                        return Ok(body);
-                    }
-                }
-                let body = entry.body.decoded()?;
-                self.decoded.cache.insert(*key, (tag, body.clone()));
-                Ok(body)
-            }
-        }
+        self.decoded.identity_body(key, entry)
     }
 
     /// Drop `key` from L1 (this instance only; see [`Cache::invalidate`] for the fleet).
     pub fn remove(&self, key: &CacheKey) -> bool {
-        self.decoded.cache.remove(key);
+        self.decoded.remove(key);
         self.memory.remove(key)
     }
 
     /// Drop everything from L1 (this instance only; see [`Cache::invalidate_all`]).
     pub fn clear(&self) {
-        self.decoded.cache.clear();
+        self.decoded.clear();
         self.variants.clear();
         self.memory.clear();
     }
@@ -689,34 +672,7 @@ impl Cache {
 
     /// Bytes held: stored entries plus decompressed copies of hot compressed bodies.
     pub fn bytes(&self) -> u64 {
-        self.memory.weight() + self.decoded.cache.weight()
-    }
-}
-
-/// Which stored entry a decoded body belongs to: a replaced entry never serves an old body.
-fn identity_tag(entry: &Entry) -> u64 {
-    (std::ptr::from_ref(entry) as usize as u64) ^ entry.response_time
-}
-
-#[derive(Clone)]
-struct ByLen;
-
-impl quick_cache::Weighter<CacheKey, (u64, bytes::Bytes)> for ByLen {
-    fn weight(&self, _key: &CacheKey, val: &(u64, bytes::Bytes)) -> u64 {
-        val.1.len() as u64 + 64
-    }
-}
-
-struct DecodedBodies {
-    cache: quick_cache::sync::Cache<CacheKey, (u64, bytes::Bytes), ByLen>,
-}
-
-impl DecodedBodies {
-    fn new(budget: u64) -> DecodedBodies {
-        let items = usize::try_from(budget / 16_384).unwrap_or(1 << 16).max(16);
-        DecodedBodies {
-            cache: quick_cache::sync::Cache::with_weighter(items, budget.max(1), ByLen),
-        }
+        self.memory.weight() + self.decoded.weight()
     }
 }
 
