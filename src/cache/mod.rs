@@ -21,6 +21,7 @@ pub mod entry;
 pub mod memory;
 pub mod policy;
 pub mod redis;
+mod pass_marks;
 mod decoded;
 mod vary;
 
@@ -44,6 +45,7 @@ use crate::metrics::Metrics;
 use decoded::DecodedBodies;
 use entry::{Entry, Flags};
 use memory::Memory;
+use pass_marks::PassMarks;
 use policy::Use;
 use vary::Variants;
 
@@ -107,9 +109,6 @@ enum Flight {
     Abandoned,
 }
 
-/// How long a key whose response was uncacheable skips coalescing ("hit-for-pass").
-const PASS_MARK: Duration = Duration::from_secs(5);
-
 /// What one request accepts from the store.
 #[derive(Debug, Default, Clone)]
 pub struct Want {
@@ -156,7 +155,7 @@ pub struct Cache {
     /// Which URLs vary, on what, and which of their variants are stored.
     variants: Arc<Variants>,
     inflight: Mutex<HashMap<CacheKey, watch::Sender<Flight>>>,
-    pass_marks: Mutex<HashMap<CacheKey, u64>>,
+    pass_marks: PassMarks,
     coalesce_timeout: Duration,
     clock: Clock,
     metrics: Arc<Metrics>,
@@ -197,7 +196,7 @@ impl Cache {
             l2,
             variants,
             inflight: Mutex::new(HashMap::new()),
-            pass_marks: Mutex::new(HashMap::new()),
+            pass_marks: PassMarks::new(),
             coalesce_timeout: settings.coalesce_timeout,
             clock,
             metrics,
@@ -307,7 +306,7 @@ impl Cache {
                     return answer;
                 }
             }
-            if self.pass_marked(key) {
+            if self.pass_marks.is_marked(key, self.clock.now_ms()) {
                 return self.fetch_alone(primary, headers, fetch, key).await;
             }
             match self.join(*key) {
@@ -352,7 +351,7 @@ impl Cache {
                         }
                         Fetched::Pass { response, remember } => {
                             if remember {
-                                self.mark_pass(*key);
+                                self.pass_marks.mark(*key, self.clock.now_ms());
                             }
                             guard.finish(Flight::Pass);
                             Outcome::Pass(response)
@@ -526,39 +525,11 @@ impl Cache {
             }
             key
         };
-        {
-            let mut marks = self.pass_marks.lock();
-            marks.remove(&primary);
-            marks.remove(&key);
-        }
+        self.pass_marks.clear(&primary);
+        self.pass_marks.clear(&key);
         self.memory.insert(key, entry);
         self.metrics.cache_stored.increment(1);
         key
-    }
-
-    fn pass_marked(&self, key: &CacheKey) -> bool {
-        let mut marks = self.pass_marks.lock();
-        match marks.get(key) {
-            Some(&until) if until > self.clock.now_ms() => true,
-            Some(_) => {
-                marks.remove(key);
-                false
-            }
-            None => false,
-        }
-    }
-
-    fn mark_pass(&self, key: CacheKey) {
-        let now = self.clock.now_ms();
-        let mut marks = self.pass_marks.lock();
-        // Bounded: drop expired marks when the table grows.
-        if marks.len() >= 65_536 {
-            marks.retain(|_, until| *until > now);
-            if marks.len() >= 65_536 {
-                marks.clear();
-            }
-        }
-        marks.insert(key, now + PASS_MARK.as_millis() as u64);
     }
 
     fn join(&self, key: CacheKey) -> Role<'_> {
@@ -620,7 +591,7 @@ impl Cache {
             }),
             None => false,
         };
-        self.pass_marks.lock().remove(key);
+        self.pass_marks.clear(key);
         self.remove(key);
         for variant in &variants {
             self.remove(variant);
