@@ -21,18 +21,16 @@ pub mod entry;
 pub mod memory;
 pub mod policy;
 pub mod redis;
+mod flight;
 mod pass_marks;
 mod decoded;
 mod vary;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::Response;
-use parking_lot::Mutex;
-use tokio::sync::watch;
 
 use self::redis::{Invalidation, L2Health, L2};
 use crate::body::Body;
@@ -44,6 +42,7 @@ pub use crate::metrics::CacheStatus;
 use crate::metrics::Metrics;
 use decoded::DecodedBodies;
 use entry::{Entry, Flags};
+use flight::{Flight, Flights, Role};
 use memory::Memory;
 use pass_marks::PassMarks;
 use policy::Use;
@@ -96,19 +95,6 @@ pub enum Outcome {
     Failed(ProxyError),
 }
 
-#[derive(Clone)]
-enum Flight {
-    Pending,
-    /// Stored, under this key (a variant key when the response varies); `true` when the
-    /// fetch was a revalidation answered 304.
-    Stored(Arc<Entry>, CacheKey, bool),
-    FromL2(Arc<Entry>),
-    Stale(Arc<Entry>),
-    Pass,
-    Failed(ProxyError),
-    Abandoned,
-}
-
 /// What one request accepts from the store.
 #[derive(Debug, Default, Clone)]
 pub struct Want {
@@ -154,7 +140,7 @@ pub struct Cache {
     l2: Option<Arc<L2>>,
     /// Which URLs vary, on what, and which of their variants are stored.
     variants: Arc<Variants>,
-    inflight: Mutex<HashMap<CacheKey, watch::Sender<Flight>>>,
+    flights: Flights,
     pass_marks: PassMarks,
     coalesce_timeout: Duration,
     clock: Clock,
@@ -195,7 +181,7 @@ impl Cache {
             decoded: DecodedBodies::new(decoded_budget),
             l2,
             variants,
-            inflight: Mutex::new(HashMap::new()),
+            flights: Flights::default(),
             pass_marks: PassMarks::new(),
             coalesce_timeout: settings.coalesce_timeout,
             clock,
@@ -309,7 +295,7 @@ impl Cache {
             if self.pass_marks.is_marked(key, self.clock.now_ms()) {
                 return self.fetch_alone(primary, headers, fetch, key).await;
             }
-            match self.join(*key) {
+            match self.flights.join(*key) {
                 Role::Leader(guard) => {
                     // L2 holds entries under primary keys only (see `store`). What it has is
                     // promoted into L1 and judged like an L1 entry: fresh answers at once; a
@@ -362,22 +348,10 @@ impl Cache {
                         }
                     };
                 }
-                Role::Waiter(mut rx) => {
-                    let waited = tokio::time::timeout(self.coalesce_timeout, async {
-                        // Clone out of the watch guard at once: it must not live across awaits.
-                        rx.wait_for(|f| !matches!(f, Flight::Pending))
-                            .await
-                            .map(|f| f.clone())
-                    })
-                    .await;
-                    let flight = match waited {
-                        Ok(Ok(f)) => f,
-                        // The sender is gone without a word: treat as abandoned.
-                        Ok(Err(_)) => Flight::Abandoned,
-                        Err(_) => {
-                            tracing::debug!(key = %key, "coalesce wait timed out; fetching alone");
-                            return self.fetch_alone(primary, headers, fetch, key).await;
-                        }
+                Role::Waiter(wait) => {
+                    let Some(flight) = wait.until(self.coalesce_timeout).await else {
+                        tracing::debug!(key = %key, "coalesce wait timed out; fetching alone");
+                        return self.fetch_alone(primary, headers, fetch, key).await;
                     };
                     let mine = self.variant_key(&primary, headers);
                     match flight {
@@ -532,20 +506,6 @@ impl Cache {
         key
     }
 
-    fn join(&self, key: CacheKey) -> Role<'_> {
-        let mut inflight = self.inflight.lock();
-        if let Some(tx) = inflight.get(&key) {
-            return Role::Waiter(tx.subscribe());
-        }
-        let (tx, _rx) = watch::channel(Flight::Pending);
-        inflight.insert(key, tx);
-        Role::Leader(FlightGuard {
-            cache: self,
-            key,
-            done: false,
-        })
-    }
-
     /// Remember the uncompressed body of a compressed `entry` just built from `identity`, so
     /// that serving it does not decompress it again.
     pub fn seed_identity(&self, key: &CacheKey, entry: &Entry, identity: bytes::Bytes) {
@@ -644,38 +604,5 @@ impl Cache {
     /// Bytes held: stored entries plus decompressed copies of hot compressed bodies.
     pub fn bytes(&self) -> u64 {
         self.memory.weight() + self.decoded.weight()
-    }
-}
-
-enum Role<'a> {
-    Leader(FlightGuard<'a>),
-    Waiter(watch::Receiver<Flight>),
-}
-
-/// Held by the leader of a flight; tells the waiters how it ended, also when dropped early.
-struct FlightGuard<'a> {
-    cache: &'a Cache,
-    key: CacheKey,
-    done: bool,
-}
-
-impl FlightGuard<'_> {
-    fn finish(mut self, outcome: Flight) {
-        self.publish(outcome);
-        self.done = true;
-    }
-
-    fn publish(&self, outcome: Flight) {
-        if let Some(tx) = self.cache.inflight.lock().remove(&self.key) {
-            tx.send_replace(outcome);
-        }
-    }
-}
-
-impl Drop for FlightGuard<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.publish(Flight::Abandoned);
-        }
     }
 }
