@@ -21,6 +21,7 @@ pub mod entry;
 pub mod memory;
 pub mod policy;
 pub mod redis;
+mod outcome;
 mod flight;
 mod pass_marks;
 mod decoded;
@@ -30,70 +31,19 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Response;
-
 use self::redis::{Invalidation, L2Health, L2};
-use crate::body::Body;
 use crate::clock::Clock;
 use crate::config::RedisConfig;
-use crate::error::ProxyError;
 use crate::key::CacheKey;
-pub use crate::metrics::CacheStatus;
 use crate::metrics::Metrics;
 use decoded::DecodedBodies;
 use entry::{Entry, Flags};
 use flight::{Flight, Flights, Role};
 use memory::Memory;
+pub use outcome::{CacheStatus, Fetched, Outcome, Served};
 use pass_marks::PassMarks;
 use policy::Use;
 use vary::Variants;
-
-/// What a fetch produced.
-pub enum Fetched {
-    /// A storable response, already built into an entry.
-    Stored(Arc<Entry>),
-    /// A response for this caller only (uncacheable, or too large to store), streamed through.
-    /// `remember`: the response said it is uncacheable (not a transient failure), so later
-    /// requests for the key skip coalescing for a while.
-    Pass {
-        response: Response<Body>,
-        remember: bool,
-    },
-    /// The upstream failed.
-    Failed(ProxyError),
-    /// The stored entry was revalidated (304): freshened, to be stored again.
-    Revalidated(Arc<Entry>),
-    /// The upstream failed and the stored entry may stand in (`stale-if-error`, grace):
-    /// served, not stored again.
-    Stale(Arc<Entry>),
-}
-
-/// What a lookup produced.
-pub enum Outcome {
-    /// Fresh in L1.
-    Hit(Arc<Entry>),
-    /// Fresh in L2 (Redis), promoted into L1 (also for waiters of a leader that found it there).
-    HitL2(Arc<Entry>),
-    /// Fetched by this caller and stored.
-    Miss(Arc<Entry>),
-    /// Fetched by a concurrent request this caller waited for; `revalidated`: that fetch was a
-    /// revalidation answered 304 (so the response is labelled `REVALIDATED`, not `MISS`).
-    Coalesced {
-        entry: Arc<Entry>,
-        revalidated: bool,
-    },
-    /// A stale entry, revalidated upstream with a 304 and stored again.
-    Revalidated(Arc<Entry>),
-    /// Served stale; `refresh`: the caller should start a background refresh
-    /// (`stale-while-revalidate`).
-    Stale {
-        entry: Arc<Entry>,
-        refresh: bool,
-    },
-    /// Fetched by this caller, not stored.
-    Pass(Response<Body>),
-    Failed(ProxyError),
-}
 
 /// What one request accepts from the store.
 #[derive(Debug, Default, Clone)]

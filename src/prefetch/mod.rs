@@ -41,6 +41,7 @@ use metrics::{Counter, Gauge};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
+pub use crate::cache::Served;
 use crate::cache::{Cache, Fetched, Outcome};
 use crate::config::Config;
 use crate::key::CacheKey;
@@ -61,16 +62,6 @@ pub trait Source: Send + Sync + 'static {
         pq: &str,
         headers: HeaderMap,
     ) -> impl Future<Output = Fetched> + Send;
-}
-
-/// How the cache served the observed request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Served {
-    Hit,
-    /// Waited for a fetch already in flight (perhaps a prefetch).
-    Coalesced,
-    /// Fetched by this request (or passed through).
-    Fetched,
 }
 
 /// One arriving client GET.
