@@ -38,7 +38,7 @@ use crate::key::CacheKey;
 use crate::metrics::Metrics;
 use decoded::DecodedBodies;
 use entry::{Entry, Flags};
-use flight::{Flight, Flights, Role};
+use flight::{Flight, FlightGuard, Flights, Role, Wait};
 use memory::Memory;
 pub use outcome::{CacheStatus, Fetched, Outcome, Served};
 use pass_marks::PassMarks;
@@ -63,6 +63,16 @@ impl Want {
     fn accepts_fetched(&self, entry: &Entry) -> bool {
         !self.authorization || entry.flags.contains(Flags::AUTH_OK)
     }
+}
+
+/// What a waiter makes of its flight's end.
+enum Followed {
+    /// The answer.
+    Done(Outcome),
+    /// Fetch alone (the leader passed or timed out, or its entry may not answer this request).
+    Alone,
+    /// Look again under this key (another variant, or the leader left no answer for us).
+    Retry(CacheKey),
 }
 
 /// Settings for [`Cache`].
@@ -237,125 +247,130 @@ impl Cache {
         // A leader that vanished (cancelled) hands over, and a waiter of another variant
         // re-selects: retry a bounded number of times.
         for _ in 0..3 {
-            if let Some(entry) = self.memory.get(key) {
-                if let Some(answer) = self.answer_from(entry, want) {
-                    return answer;
-                }
+            if let Some(answer) = self.answer_from_l1(key, want) {
+                return answer;
             }
             if self.pass_marks.is_marked(key, self.clock.now_ms()) {
                 return self.fetch_alone(primary, headers, fetch, key).await;
             }
             match self.flights.join(*key) {
                 Role::Leader(guard) => {
-                    // L2 holds entries under primary keys only (see `store`). What it has is
-                    // promoted into L1 and judged like an L1 entry: fresh answers at once; a
-                    // stale one within its window is served stale (and refreshed) when the
-                    // request allows; otherwise it is what the fetch revalidates, or stands
-                    // in for a failing upstream.
-                    if *key == primary {
-                        if let Some(entry) = self.l2_lookup(key).await {
-                            match self.answer_from(entry, want) {
-                                Some(Outcome::Hit(entry)) => {
-                                    guard.finish(Flight::FromL2(entry.clone()));
-                                    return Outcome::HitL2(entry);
-                                }
-                                Some(Outcome::Stale { entry, refresh }) => {
-                                    guard.finish(Flight::Stale(entry.clone()));
-                                    return Outcome::Stale { entry, refresh };
-                                }
-                                _ => {}
-                            }
-                        }
-                    }
-                    return match fetch().await {
-                        Fetched::Stored(entry) => {
-                            *key = self.store(primary, headers, entry.clone());
-                            guard.finish(Flight::Stored(entry.clone(), *key, false));
-                            Outcome::Miss(entry)
-                        }
-                        Fetched::Revalidated(entry) => {
-                            *key = self.store(primary, headers, entry.clone());
-                            guard.finish(Flight::Stored(entry.clone(), *key, true));
-                            Outcome::Revalidated(entry)
-                        }
-                        Fetched::Stale(entry) => {
-                            guard.finish(Flight::Stale(entry.clone()));
-                            Outcome::Stale {
-                                entry,
-                                refresh: false,
-                            }
-                        }
-                        Fetched::Pass { response, remember } => {
-                            if remember {
-                                self.pass_marks.mark(*key, self.clock.now_ms());
-                            }
-                            guard.finish(Flight::Pass);
-                            Outcome::Pass(response)
-                        }
-                        Fetched::Failed(e) => {
-                            guard.finish(Flight::Failed(e.clone()));
-                            Outcome::Failed(e)
-                        }
-                    };
+                    return self.lead(guard, primary, headers, want, fetch, key).await
                 }
-                Role::Waiter(wait) => {
-                    let Some(flight) = wait.until(self.coalesce_timeout).await else {
-                        tracing::debug!(key = %key, "coalesce wait timed out; fetching alone");
-                        return self.fetch_alone(primary, headers, fetch, key).await;
-                    };
-                    let mine = self.variant_key(&primary, headers);
-                    match flight {
-                        Flight::Stored(_, at, _) if at != mine => {
-                            // The leader's response selected another variant than ours.
-                            *key = mine;
-                        }
-                        Flight::Stored(entry, _, _) | Flight::Stale(entry)
-                            if !want.accepts_fetched(&entry) =>
-                        {
-                            return self.fetch_alone(primary, headers, fetch, key).await;
-                        }
-                        Flight::Stored(entry, _, revalidated) => {
-                            self.metrics.coalesced.increment(1);
-                            return Outcome::Coalesced { entry, revalidated };
-                        }
-                        Flight::FromL2(entry) => {
-                            // Fresh for the leader's request; this one may ask for more
-                            // (`max-age=0`, `no-cache`, `Authorization`): it is in L1 now, so
-                            // the next round judges it like any L1 entry.
-                            let now = self.clock.now_ms();
-                            if policy::usable(&entry, &want.directives, want.authorization, now)
-                                == Use::Fresh
-                            {
-                                self.metrics.coalesced.increment(1);
-                                return Outcome::HitL2(entry);
-                            }
-                        }
-                        Flight::Stale(entry) => {
-                            self.metrics.coalesced.increment(1);
-                            return Outcome::Stale {
-                                entry,
-                                refresh: false,
-                            };
-                        }
-                        Flight::Failed(e) => {
-                            self.metrics.coalesced.increment(1);
-                            return Outcome::Failed(e);
-                        }
-                        Flight::Pass => {
-                            return self.fetch_alone(primary, headers, fetch, key).await
-                        }
-                        Flight::Abandoned | Flight::Pending => {
-                            if let Some(entry) = self.lookup(key) {
-                                if want.accepts_fetched(&entry) {
-                                    return Outcome::Hit(entry);
-                                }
-                            }
-                        }
-                    }
-                }
+                Role::Waiter(wait) => match self.follow(wait, primary, headers, want, key).await {
+                    Followed::Done(outcome) => return outcome,
+                    Followed::Alone => return self.fetch_alone(primary, headers, fetch, key).await,
+                    Followed::Retry(next) => *key = next,
+                },
             }
         }
         self.fetch_alone(primary, headers, fetch, key).await
+    }
+
+    /// L1's answer for `key`, when what it holds may answer without going upstream.
+    fn answer_from_l1(&self, key: &CacheKey, want: &Want) -> Option<Outcome> {
+        self.answer_from(self.memory.get(key)?, want)
+    }
+
+    /// The leader's part: L2 (for a primary key), else the fetch; either way the waiters hear
+    /// how it ended, through `guard`.
+    async fn lead<F, Fut>(
+        &self,
+        guard: FlightGuard,
+        primary: CacheKey,
+        headers: &http::HeaderMap,
+        want: &Want,
+        fetch: &F,
+        key: &mut CacheKey,
+    ) -> Outcome
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Fetched>,
+    {
+        // L2 holds entries under primary keys only (see `store`). What it has is promoted into
+        // L1 and judged like an L1 entry: fresh answers at once; a stale one within its window
+        // is served stale (and refreshed) when the request allows; otherwise it is what the
+        // fetch revalidates, or stands in for a failing upstream.
+        if *key == primary {
+            if let Some(entry) = self.l2_lookup(key).await {
+                match self.answer_from(entry, want) {
+                    Some(Outcome::Hit(entry)) => {
+                        guard.finish(Flight::FromL2(entry.clone()));
+                        return Outcome::HitL2(entry);
+                    }
+                    Some(Outcome::Stale { entry, refresh }) => {
+                        guard.finish(Flight::Stale(entry.clone()));
+                        return Outcome::Stale { entry, refresh };
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let fetched = fetch().await;
+        let remember = matches!(fetched, Fetched::Pass { remember: true, .. });
+        let (outcome, flight) = self.settle(fetched, primary, headers, key);
+        // Marked before the flight ends, so a request arriving after it fetches alone rather
+        // than leading a new flight.
+        if remember {
+            self.pass_marks.mark(*key, self.clock.now_ms());
+        }
+        guard.finish(flight);
+        outcome
+    }
+
+    /// A waiter's part: wait for the leader (at most `coalesce_timeout`) and make of its word
+    /// an answer for this request, or a reason to fetch alone or to look again.
+    async fn follow(
+        &self,
+        wait: Wait,
+        primary: CacheKey,
+        headers: &http::HeaderMap,
+        want: &Want,
+        key: &CacheKey,
+    ) -> Followed {
+        let Some(flight) = wait.until(self.coalesce_timeout).await else {
+            tracing::debug!(key = %key, "coalesce wait timed out; fetching alone");
+            return Followed::Alone;
+        };
+        let mine = self.variant_key(&primary, headers);
+        match flight {
+            // The leader's response selected another variant than ours.
+            Flight::Stored(_, at, _) if at != mine => Followed::Retry(mine),
+            Flight::Stored(entry, _, _) | Flight::Stale(entry) if !want.accepts_fetched(&entry) => {
+                Followed::Alone
+            }
+            Flight::Stored(entry, _, revalidated) => {
+                self.metrics.coalesced.increment(1);
+                Followed::Done(Outcome::Coalesced { entry, revalidated })
+            }
+            Flight::FromL2(entry) => {
+                // Fresh for the leader's request; this one may ask for more (`max-age=0`,
+                // `no-cache`, `Authorization`): it is in L1 now, so the next round judges it
+                // like any L1 entry.
+                let now = self.clock.now_ms();
+                if policy::usable(&entry, &want.directives, want.authorization, now) == Use::Fresh {
+                    self.metrics.coalesced.increment(1);
+                    return Followed::Done(Outcome::HitL2(entry));
+                }
+                Followed::Retry(*key)
+            }
+            Flight::Stale(entry) => {
+                self.metrics.coalesced.increment(1);
+                Followed::Done(Outcome::Stale {
+                    entry,
+                    refresh: false,
+                })
+            }
+            Flight::Failed(e) => {
+                self.metrics.coalesced.increment(1);
+                Followed::Done(Outcome::Failed(e))
+            }
+            Flight::Pass => Followed::Alone,
+            Flight::Abandoned | Flight::Pending => match self.lookup(key) {
+                Some(entry) if want.accepts_fetched(&entry) => Followed::Done(Outcome::Hit(entry)),
+                _ => Followed::Retry(*key),
+            },
+        }
     }
 
     /// How a stored `entry` answers a request that wants `want` without going upstream:
@@ -391,21 +406,43 @@ impl Cache {
         F: Fn() -> Fut,
         Fut: Future<Output = Fetched>,
     {
-        match fetch().await {
+        self.settle(fetch().await, primary, headers, at).0
+    }
+
+    /// Store what a fetch allows and say what it means, for this caller ([`Outcome`]) and for
+    /// the waiters of a flight it led ([`Flight`]). `at`: updated to the key a stored answer
+    /// went under.
+    fn settle(
+        &self,
+        fetched: Fetched,
+        primary: CacheKey,
+        headers: &http::HeaderMap,
+        at: &mut CacheKey,
+    ) -> (Outcome, Flight) {
+        match fetched {
             Fetched::Stored(entry) => {
                 *at = self.store(primary, headers, entry.clone());
-                Outcome::Miss(entry)
+                (
+                    Outcome::Miss(entry.clone()),
+                    Flight::Stored(entry, *at, false),
+                )
             }
             Fetched::Revalidated(entry) => {
                 *at = self.store(primary, headers, entry.clone());
-                Outcome::Revalidated(entry)
+                (
+                    Outcome::Revalidated(entry.clone()),
+                    Flight::Stored(entry, *at, true),
+                )
             }
-            Fetched::Stale(entry) => Outcome::Stale {
-                entry,
-                refresh: false,
-            },
-            Fetched::Pass { response, .. } => Outcome::Pass(response),
-            Fetched::Failed(e) => Outcome::Failed(e),
+            Fetched::Stale(entry) => (
+                Outcome::Stale {
+                    entry: entry.clone(),
+                    refresh: false,
+                },
+                Flight::Stale(entry),
+            ),
+            Fetched::Pass { response, .. } => (Outcome::Pass(response), Flight::Pass),
+            Fetched::Failed(e) => (Outcome::Failed(e.clone()), Flight::Failed(e)),
         }
     }
 
