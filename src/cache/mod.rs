@@ -3,14 +3,15 @@
 //! background work share one path. L2 (`redis`, optional) is asked by the flight's leader only,
 //! so a burst of misses costs Redis one GET, like it costs the upstream one request.
 //!
-//! Coalescing is Augur's own in-flight table rather than quick_cache's placeholder guard: when a
-//! guard's holder does not insert (the response was uncacheable, or failed), quick_cache hands
-//! the guard to the next waiter, one at a time, and a burst of N requests for an uncacheable
-//! URL would take N upstream round trips in series. Here a finished flight tells all its waiters
-//! at once what happened: a stored entry (served to all), a failure (shared, so a dead upstream
-//! is not hit N times), or "pass" (each waiter fetches for itself, concurrently). A waiter stops
-//! waiting after `coalesce_timeout` and fetches on its own, so a stuck leader cannot hang the
-//! rest. A leader dropped mid-flight (client gone) wakes its waiters, and one of them leads.
+//! A finished flight tells all its waiters at once what happened: a stored entry (served to
+//! all), a failure (shared, so a dead upstream is not hit N times), or "pass" (each waiter
+//! fetches for itself, concurrently). A waiter stops waiting after `coalesce_timeout` and
+//! fetches on its own, so a stuck leader cannot hang the rest.
+//!
+//! Each mechanism the loop uses has its own file: `vary` (which key), `pass_marks` (skip
+//! coalescing for uncacheable keys), `flight` (coalescing: why it is not quick_cache's guard, and
+//! how waiters hear the leader), `decoded` (identity bodies of zstd entries), `purge` (removal
+//! across tiers and instances), `outcome` (the verdicts and their labels).
 //!
 //! Whether a stored entry may answer a request is `policy::usable` (freshness, the request's
 //! own directives, `Authorization`); a stale entry that may not be served goes through the same
@@ -21,17 +22,18 @@ pub mod entry;
 pub mod memory;
 pub mod policy;
 pub mod redis;
-mod outcome;
-mod flight;
-mod pass_marks;
 mod decoded;
+mod flight;
+mod outcome;
+mod pass_marks;
+mod purge;
 mod vary;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use self::redis::{Invalidation, L2Health, L2};
+use self::redis::{L2Health, L2};
 use crate::clock::Clock;
 use crate::config::RedisConfig;
 use crate::key::CacheKey;
@@ -119,21 +121,7 @@ impl Cache {
         let variants = Arc::new(Variants::new(settings.memory, settings.max_variants));
         let l2 = settings.redis.as_ref().map(|cfg| {
             let l2 = Arc::new(L2::new(cfg, metrics.l2()));
-            // Other instances' purges (and our own, echoed) drop keys from this L1, with
-            // every variant this instance stored for them.
-            let (l1, variants) = (memory.clone(), variants.clone());
-            l2.start(Arc::new(move |what| match what {
-                Invalidation::Key(key) => {
-                    for k in variants.forget(&key) {
-                        l1.remove(&k);
-                    }
-                    l1.remove(&key);
-                }
-                Invalidation::All => {
-                    variants.clear();
-                    l1.clear();
-                }
-            }));
+            l2.start(purge::from_elsewhere(memory.clone(), variants.clone()));
             l2
         });
         Cache {
@@ -519,58 +507,6 @@ impl Cache {
         self.decoded.clear();
         self.variants.clear();
         self.memory.clear();
-    }
-
-    /// Purge `key` everywhere (an admin purge, or RFC 9111 §4.4: an unsafe request changed the
-    /// resource): from L2 first (so nothing promotes it back), then from this L1,
-    /// and, through Redis pub/sub, from every instance's L1. `true` when some tier held it.
-    /// When Redis is unreachable, only this L1 is purged and the error is logged.
-    pub async fn invalidate(&self, key: &CacheKey) -> bool {
-        // What this L1 holds is judged before Redis is told: our own pub/sub echo may drop it
-        // first, and the purge still removed it.
-        let variants = self.variants.forget(key);
-        let in_l1 = self.memory.peek(key).is_some()
-            || variants.iter().any(|v| self.memory.peek(v).is_some());
-        let in_l2 = match &self.l2 {
-            Some(l2) => l2.invalidate(key).await.unwrap_or_else(|e| {
-                tracing::warn!(key = %key, error = %e, "purge did not reach Redis");
-                false
-            }),
-            None => false,
-        };
-        self.pass_marks.clear(key);
-        self.remove(key);
-        for variant in &variants {
-            self.remove(variant);
-        }
-        if in_l1 || in_l2 {
-            self.metrics.cache_invalidated.increment(1);
-        }
-        in_l1 || in_l2
-    }
-
-    /// Purge `key` from L2 and, through pub/sub, every instance's L1, in a task of its own
-    /// (for the request path, which must not wait for Redis). No-op without `[redis]`.
-    pub fn invalidate_behind(&self, key: CacheKey) {
-        let (Some(l2), Ok(rt)) = (&self.l2, tokio::runtime::Handle::try_current()) else {
-            return;
-        };
-        let l2 = l2.clone();
-        rt.spawn(async move {
-            if let Err(e) = l2.invalidate(&key).await {
-                tracing::warn!(key = %key, error = %e, "purge did not reach Redis");
-            }
-        });
-    }
-
-    /// Purge everything under the key prefix in L2 and every instance's L1.
-    pub async fn invalidate_all(&self) {
-        if let Some(l2) = &self.l2 {
-            if let Err(e) = l2.invalidate_all().await {
-                tracing::warn!(error = %e, "purge of everything did not reach Redis");
-            }
-        }
-        self.clear();
     }
 
     /// L2's state for `/readyz`; `None` without `[redis]`.
