@@ -67,6 +67,15 @@ impl Want {
     }
 }
 
+/// One lookup's request facts, handed down the loop's steps together: the URL's key, the
+/// headers that select a variant (and go upstream), and what the request accepts.
+#[derive(Clone, Copy)]
+struct Ask<'a> {
+    primary: CacheKey,
+    headers: &'a http::HeaderMap,
+    want: &'a Want,
+}
+
 /// What a waiter makes of its flight's end.
 enum Followed {
     /// The answer.
@@ -213,21 +222,22 @@ impl Cache {
     {
         let mut at = self.variant_key(&primary, headers);
         let outcome = self
-            .lookup_at(primary, headers, want, &fetch, &mut at)
+            .lookup_at(
+                Ask {
+                    primary,
+                    headers,
+                    want,
+                },
+                &fetch,
+                &mut at,
+            )
             .await;
         (outcome, at)
     }
 
     /// [`Cache::lookup_or_fetch_for`], with `key` the key to look under, updated to wherever
     /// the answer ends up stored.
-    async fn lookup_at<F, Fut>(
-        &self,
-        primary: CacheKey,
-        headers: &http::HeaderMap,
-        want: &Want,
-        fetch: &F,
-        key: &mut CacheKey,
-    ) -> Outcome
+    async fn lookup_at<F, Fut>(&self, ask: Ask<'_>, fetch: &F, key: &mut CacheKey) -> Outcome
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Fetched>,
@@ -235,24 +245,22 @@ impl Cache {
         // A leader that vanished (cancelled) hands over, and a waiter of another variant
         // re-selects: retry a bounded number of times.
         for _ in 0..3 {
-            if let Some(answer) = self.answer_from_l1(key, want) {
+            if let Some(answer) = self.answer_from_l1(key, ask.want) {
                 return answer;
             }
             if self.pass_marks.is_marked(key, self.clock.now_ms()) {
-                return self.fetch_alone(primary, headers, fetch, key).await;
+                return self.fetch_alone(ask, fetch, key).await;
             }
             match self.flights.join(*key) {
-                Role::Leader(guard) => {
-                    return self.lead(guard, primary, headers, want, fetch, key).await
-                }
-                Role::Waiter(wait) => match self.follow(wait, primary, headers, want, key).await {
+                Role::Leader(guard) => return self.lead(guard, ask, fetch, key).await,
+                Role::Waiter(wait) => match self.follow(wait, ask, key).await {
                     Followed::Done(outcome) => return outcome,
-                    Followed::Alone => return self.fetch_alone(primary, headers, fetch, key).await,
+                    Followed::Alone => return self.fetch_alone(ask, fetch, key).await,
                     Followed::Retry(next) => *key = next,
                 },
             }
         }
-        self.fetch_alone(primary, headers, fetch, key).await
+        self.fetch_alone(ask, fetch, key).await
     }
 
     /// L1's answer for `key`, when what it holds may answer without going upstream.
@@ -265,9 +273,7 @@ impl Cache {
     async fn lead<F, Fut>(
         &self,
         guard: FlightGuard,
-        primary: CacheKey,
-        headers: &http::HeaderMap,
-        want: &Want,
+        ask: Ask<'_>,
         fetch: &F,
         key: &mut CacheKey,
     ) -> Outcome
@@ -279,9 +285,9 @@ impl Cache {
         // L1 and judged like an L1 entry: fresh answers at once; a stale one within its window
         // is served stale (and refreshed) when the request allows; otherwise it is what the
         // fetch revalidates, or stands in for a failing upstream.
-        if *key == primary {
+        if *key == ask.primary {
             if let Some(entry) = self.l2_lookup(key).await {
-                match self.answer_from(entry, want) {
+                match self.answer_from(entry, ask.want) {
                     Some(Outcome::Hit(entry)) => {
                         guard.finish(Flight::FromL2(entry.clone()));
                         return Outcome::HitL2(entry);
@@ -296,7 +302,7 @@ impl Cache {
         }
         let fetched = fetch().await;
         let remember = matches!(fetched, Fetched::Pass { remember: true, .. });
-        let (outcome, flight) = self.settle(fetched, primary, headers, key);
+        let (outcome, flight) = self.settle(fetched, ask, key);
         // Marked before the flight ends, so a request arriving after it fetches alone rather
         // than leading a new flight.
         if remember {
@@ -311,9 +317,11 @@ impl Cache {
     async fn follow(
         &self,
         wait: Wait,
-        primary: CacheKey,
-        headers: &http::HeaderMap,
-        want: &Want,
+        Ask {
+            primary,
+            headers,
+            want,
+        }: Ask<'_>,
         key: &CacheKey,
     ) -> Followed {
         let Some(flight) = wait.until(self.coalesce_timeout).await else {
@@ -383,18 +391,12 @@ impl Cache {
 
     /// Fetch without joining a flight (after a pass, a timeout, or for a pass-marked key).
     /// `at`: updated to the key a stored answer went under.
-    async fn fetch_alone<F, Fut>(
-        &self,
-        primary: CacheKey,
-        headers: &http::HeaderMap,
-        fetch: &F,
-        at: &mut CacheKey,
-    ) -> Outcome
+    async fn fetch_alone<F, Fut>(&self, ask: Ask<'_>, fetch: &F, at: &mut CacheKey) -> Outcome
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Fetched>,
     {
-        self.settle(fetch().await, primary, headers, at).0
+        self.settle(fetch().await, ask, at).0
     }
 
     /// Store what a fetch allows and say what it means, for this caller ([`Outcome`]) and for
@@ -403,8 +405,9 @@ impl Cache {
     fn settle(
         &self,
         fetched: Fetched,
-        primary: CacheKey,
-        headers: &http::HeaderMap,
+        Ask {
+            primary, headers, ..
+        }: Ask<'_>,
         at: &mut CacheKey,
     ) -> (Outcome, Flight) {
         match fetched {

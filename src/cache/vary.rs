@@ -122,17 +122,27 @@ mod tests {
         h
     }
 
-    #[test]
-    fn nothing_indexed_is_the_primary_key() {
-        let v = Variants::new(1 << 20, 4);
+    /// URL 1's variant for a request in language `l`.
+    fn variant(l: &'static str) -> CacheKey {
+        k(1).variant(&accept_language(), &lang(l))
+    }
+
+    /// URL 1 does not vary: its key is the primary key, and it has no variants to forget.
+    fn assert_unvaried(v: &Variants) {
         assert_eq!(v.key(&k(1), &lang("fr")), k(1));
         assert!(v.forget(&k(1)).is_empty());
     }
 
     #[test]
+    fn nothing_indexed_is_the_primary_key() {
+        let v = Variants::new(1 << 20, 4);
+        assert_unvaried(&v);
+    }
+
+    #[test]
     fn add_selects_by_header_and_drops_the_unvarying_entry() {
         let v = Variants::new(1 << 20, 4);
-        let fr = k(1).variant(&accept_language(), &lang("fr"));
+        let fr = variant("fr");
         // The first variant replaces whatever was stored under the primary key itself.
         assert_eq!(v.add(k(1), accept_language(), fr), vec![k(1)]);
         assert_eq!(v.key(&k(1), &lang("fr")), fr);
@@ -144,26 +154,27 @@ mod tests {
     #[test]
     fn at_most_max_variants_oldest_dropped_first() {
         let v = Variants::new(1 << 20, 2);
-        let key = |l| k(1).variant(&accept_language(), &lang(l));
-        v.add(k(1), accept_language(), key("fr"));
-        assert!(v.add(k(1), accept_language(), key("de")).is_empty());
+        v.add(k(1), accept_language(), variant("fr"));
+        assert!(v.add(k(1), accept_language(), variant("de")).is_empty());
         // Storing "fr" again makes it the newest: "de" is now the oldest.
-        assert!(v.add(k(1), accept_language(), key("fr")).is_empty());
-        assert_eq!(v.add(k(1), accept_language(), key("en")), vec![key("de")]);
+        assert!(v.add(k(1), accept_language(), variant("fr")).is_empty());
+        assert_eq!(
+            v.add(k(1), accept_language(), variant("en")),
+            vec![variant("de")]
+        );
         let mut left = v.forget(&k(1));
         left.sort();
-        let mut want = vec![key("fr"), key("en")];
+        let mut want = vec![variant("fr"), variant("en")];
         want.sort();
         assert_eq!(left, want);
         // Forgotten: the URL no longer varies.
-        assert_eq!(v.key(&k(1), &lang("fr")), k(1));
-        assert!(v.forget(&k(1)).is_empty());
+        assert_unvaried(&v);
     }
 
     #[test]
     fn new_names_drop_the_old_variants() {
         let v = Variants::new(1 << 20, 4);
-        let fr = k(1).variant(&accept_language(), &lang("fr"));
+        let fr = variant("fr");
         v.add(k(1), accept_language(), fr);
         let enc = vec![HeaderName::from_static("accept-encoding")];
         let gz = k(1).variant(&enc, &HeaderMap::new());
