@@ -10,45 +10,8 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
-/// The cache verdict of one response: the `x-cache` header value and the `cache` metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheStatus {
-    /// Served from the store, fresh.
-    Hit,
-    /// Looked up, not usable; fetched from the upstream (and stored when allowed).
-    Miss,
-    /// Not looked up: the request is not one a cache may answer (method, Range, body…).
-    Bypass,
-    /// Served from the store past its freshness lifetime, as `stale-while-revalidate`,
-    /// `stale-if-error`, a route's grace or the client's `max-stale` allowed.
-    Stale,
-    /// A stale stored response, revalidated upstream with a 304 and served.
-    Revalidated,
-}
-
-impl CacheStatus {
-    pub const ALL: [CacheStatus; 5] = [
-        CacheStatus::Hit,
-        CacheStatus::Miss,
-        CacheStatus::Bypass,
-        CacheStatus::Stale,
-        CacheStatus::Revalidated,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheStatus::Hit => "HIT",
-            CacheStatus::Miss => "MISS",
-            CacheStatus::Bypass => "BYPASS",
-            CacheStatus::Stale => "STALE",
-            CacheStatus::Revalidated => "REVALIDATED",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
+// The verdict vocabulary lives with the cache; re-exported so `metrics::CacheStatus` still resolves.
+pub use crate::cache::CacheStatus;
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -176,7 +139,7 @@ impl RouteMetrics {
 
     /// One finished request: its verdict, HTTP status and time to response head.
     pub fn record(&self, cache: CacheStatus, status: u16, elapsed: Duration) {
-        let i = cache.index();
+        let i = cache as usize;
         if let Some(c) = self.requests.get(i * CLASSES.len() + class_index(status)) {
             c.increment(1);
         }

@@ -3,14 +3,15 @@
 //! background work share one path. L2 (`redis`, optional) is asked by the flight's leader only,
 //! so a burst of misses costs Redis one GET, like it costs the upstream one request.
 //!
-//! Coalescing is Augur's own in-flight table rather than quick_cache's placeholder guard: when a
-//! guard's holder does not insert (the response was uncacheable, or failed), quick_cache hands
-//! the guard to the next waiter, one at a time, and a burst of N requests for an uncacheable
-//! URL would take N upstream round trips in series. Here a finished flight tells all its waiters
-//! at once what happened: a stored entry (served to all), a failure (shared, so a dead upstream
-//! is not hit N times), or "pass" (each waiter fetches for itself, concurrently). A waiter stops
-//! waiting after `coalesce_timeout` and fetches on its own, so a stuck leader cannot hang the
-//! rest. A leader dropped mid-flight (client gone) wakes its waiters, and one of them leads.
+//! A finished flight tells all its waiters at once what happened: a stored entry (served to
+//! all), a failure (shared, so a dead upstream is not hit N times), or "pass" (each waiter
+//! fetches for itself, concurrently). A waiter stops waiting after `coalesce_timeout` and
+//! fetches on its own, so a stuck leader cannot hang the rest.
+//!
+//! Each mechanism the loop uses has its own file: `vary` (which key), `pass_marks` (skip
+//! coalescing for uncacheable keys), `flight` (coalescing: why it is not quick_cache's guard, and
+//! how waiters hear the leader), `decoded` (identity bodies of zstd entries), `purge` (removal
+//! across tiers and instances), `outcome` (the verdicts and their labels).
 //!
 //! Whether a stored entry may answer a request is `policy::usable` (freshness, the request's
 //! own directives, `Authorization`); a stale entry that may not be served goes through the same
@@ -21,121 +22,30 @@ pub mod entry;
 pub mod memory;
 pub mod policy;
 pub mod redis;
+mod decoded;
+mod flight;
+mod outcome;
+mod pass_marks;
+mod purge;
+mod vary;
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Response;
-use parking_lot::Mutex;
-use tokio::sync::watch;
-
-use self::redis::{Invalidation, L2Health, L2};
-use crate::body::Body;
+use self::redis::{L2Health, L2};
 use crate::clock::Clock;
 use crate::config::RedisConfig;
-use crate::error::ProxyError;
 use crate::key::CacheKey;
-pub use crate::metrics::CacheStatus;
 use crate::metrics::Metrics;
+use decoded::DecodedBodies;
 use entry::{Entry, Flags};
+use flight::{Flight, FlightGuard, Flights, Role, Wait};
 use memory::Memory;
+pub use outcome::{CacheStatus, Fetched, Outcome, Served};
+use pass_marks::PassMarks;
 use policy::Use;
-
-/// What a fetch produced.
-pub enum Fetched {
-    /// A storable response, already built into an entry.
-    Stored(Arc<Entry>),
-    /// A response for this caller only (uncacheable, or too large to store), streamed through.
-    /// `remember`: the response said it is uncacheable (not a transient failure), so later
-    /// requests for the key skip coalescing for a while.
-    Pass {
-        response: Response<Body>,
-        remember: bool,
-    },
-    /// The upstream failed.
-    Failed(ProxyError),
-    /// The stored entry was revalidated (304): freshened, to be stored again.
-    Revalidated(Arc<Entry>),
-    /// The upstream failed and the stored entry may stand in (`stale-if-error`, grace):
-    /// served, not stored again.
-    Stale(Arc<Entry>),
-}
-
-/// What a lookup produced.
-pub enum Outcome {
-    /// Fresh in L1.
-    Hit(Arc<Entry>),
-    /// Fresh in L2 (Redis), promoted into L1 (also for waiters of a leader that found it there).
-    HitL2(Arc<Entry>),
-    /// Fetched by this caller and stored.
-    Miss(Arc<Entry>),
-    /// Fetched by a concurrent request this caller waited for; `revalidated`: that fetch was a
-    /// revalidation answered 304 (so the response is labelled `REVALIDATED`, not `MISS`).
-    Coalesced {
-        entry: Arc<Entry>,
-        revalidated: bool,
-    },
-    /// A stale entry, revalidated upstream with a 304 and stored again.
-    Revalidated(Arc<Entry>),
-    /// Served stale; `refresh`: the caller should start a background refresh
-    /// (`stale-while-revalidate`).
-    Stale {
-        entry: Arc<Entry>,
-        refresh: bool,
-    },
-    /// Fetched by this caller, not stored.
-    Pass(Response<Body>),
-    Failed(ProxyError),
-}
-
-impl Outcome {
-    /// The verdict the response is labelled with (`x-cache`, metrics).
-    pub fn status(&self) -> CacheStatus {
-        match self {
-            Outcome::Hit(_) | Outcome::HitL2(_) => CacheStatus::Hit,
-            Outcome::Coalesced {
-                revalidated: true, ..
-            }
-            | Outcome::Revalidated(_) => CacheStatus::Revalidated,
-            Outcome::Stale { .. } => CacheStatus::Stale,
-            Outcome::Miss(_)
-            | Outcome::Coalesced { .. }
-            | Outcome::Pass(_)
-            | Outcome::Failed(_) => CacheStatus::Miss,
-        }
-    }
-
-    /// How the request was served, for the prefetcher's bookkeeping.
-    pub fn served(&self) -> crate::prefetch::Served {
-        use crate::prefetch::Served;
-        match self {
-            Outcome::Hit(_) | Outcome::HitL2(_) | Outcome::Stale { .. } => Served::Hit,
-            Outcome::Coalesced { .. } => Served::Coalesced,
-            Outcome::Miss(_) | Outcome::Revalidated(_) | Outcome::Pass(_) | Outcome::Failed(_) => {
-                Served::Fetched
-            }
-        }
-    }
-}
-
-#[derive(Clone)]
-enum Flight {
-    Pending,
-    /// Stored, under this key (a variant key when the response varies); `true` when the
-    /// fetch was a revalidation answered 304.
-    Stored(Arc<Entry>, CacheKey, bool),
-    FromL2(Arc<Entry>),
-    Stale(Arc<Entry>),
-    Pass,
-    Failed(ProxyError),
-    Abandoned,
-}
-
-/// How long a key whose response was uncacheable skips coalescing ("hit-for-pass").
-const PASS_MARK: Duration = Duration::from_secs(5);
+use vary::Variants;
 
 /// What one request accepts from the store.
 #[derive(Debug, Default, Clone)]
@@ -155,6 +65,25 @@ impl Want {
     fn accepts_fetched(&self, entry: &Entry) -> bool {
         !self.authorization || entry.flags.contains(Flags::AUTH_OK)
     }
+}
+
+/// One lookup's request facts, handed down the loop's steps together: the URL's key, the
+/// headers that select a variant (and go upstream), and what the request accepts.
+#[derive(Clone, Copy)]
+struct Ask<'a> {
+    primary: CacheKey,
+    headers: &'a http::HeaderMap,
+    want: &'a Want,
+}
+
+/// What a waiter makes of its flight's end.
+enum Followed {
+    /// The answer.
+    Done(Outcome),
+    /// Fetch alone (the leader passed or timed out, or its entry may not answer this request).
+    Alone,
+    /// Look again under this key (another variant, or the leader left no answer for us).
+    Retry(CacheKey),
 }
 
 /// Settings for [`Cache`].
@@ -182,8 +111,8 @@ pub struct Cache {
     l2: Option<Arc<L2>>,
     /// Which URLs vary, on what, and which of their variants are stored.
     variants: Arc<Variants>,
-    inflight: Mutex<HashMap<CacheKey, watch::Sender<Flight>>>,
-    pass_marks: Mutex<HashMap<CacheKey, u64>>,
+    flights: Flights,
+    pass_marks: PassMarks,
     coalesce_timeout: Duration,
     clock: Clock,
     metrics: Arc<Metrics>,
@@ -201,21 +130,7 @@ impl Cache {
         let variants = Arc::new(Variants::new(settings.memory, settings.max_variants));
         let l2 = settings.redis.as_ref().map(|cfg| {
             let l2 = Arc::new(L2::new(cfg, metrics.l2()));
-            // Other instances' purges (and our own, echoed) drop keys from this L1, with
-            // every variant this instance stored for them.
-            let (l1, variants) = (memory.clone(), variants.clone());
-            l2.start(Arc::new(move |what| match what {
-                Invalidation::Key(key) => {
-                    for k in variants.forget(&key) {
-                        l1.remove(&k);
-                    }
-                    l1.remove(&key);
-                }
-                Invalidation::All => {
-                    variants.clear();
-                    l1.clear();
-                }
-            }));
+            l2.start(purge::from_elsewhere(memory.clone(), variants.clone()));
             l2
         });
         Cache {
@@ -223,8 +138,8 @@ impl Cache {
             decoded: DecodedBodies::new(decoded_budget),
             l2,
             variants,
-            inflight: Mutex::new(HashMap::new()),
-            pass_marks: Mutex::new(HashMap::new()),
+            flights: Flights::default(),
+            pass_marks: PassMarks::new(),
             coalesce_timeout: settings.coalesce_timeout,
             clock,
             metrics,
@@ -307,21 +222,22 @@ impl Cache {
     {
         let mut at = self.variant_key(&primary, headers);
         let outcome = self
-            .lookup_at(primary, headers, want, &fetch, &mut at)
+            .lookup_at(
+                Ask {
+                    primary,
+                    headers,
+                    want,
+                },
+                &fetch,
+                &mut at,
+            )
             .await;
         (outcome, at)
     }
 
     /// [`Cache::lookup_or_fetch_for`], with `key` the key to look under, updated to wherever
     /// the answer ends up stored.
-    async fn lookup_at<F, Fut>(
-        &self,
-        primary: CacheKey,
-        headers: &http::HeaderMap,
-        want: &Want,
-        fetch: &F,
-        key: &mut CacheKey,
-    ) -> Outcome
+    async fn lookup_at<F, Fut>(&self, ask: Ask<'_>, fetch: &F, key: &mut CacheKey) -> Outcome
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Fetched>,
@@ -329,137 +245,128 @@ impl Cache {
         // A leader that vanished (cancelled) hands over, and a waiter of another variant
         // re-selects: retry a bounded number of times.
         for _ in 0..3 {
-            if let Some(entry) = self.memory.get(key) {
-                if let Some(answer) = self.answer_from(entry, want) {
-                    return answer;
-                }
+            if let Some(answer) = self.answer_from_l1(key, ask.want) {
+                return answer;
             }
-            if self.pass_marked(key) {
-                return self.fetch_alone(primary, headers, fetch, key).await;
+            if self.pass_marks.is_marked(key, self.clock.now_ms()) {
+                return self.fetch_alone(ask, fetch, key).await;
             }
-            match self.join(*key) {
-                Role::Leader(guard) => {
-                    // L2 holds entries under primary keys only (see `store`). What it has is
-                    // promoted into L1 and judged like an L1 entry: fresh answers at once; a
-                    // stale one within its window is served stale (and refreshed) when the
-                    // request allows; otherwise it is what the fetch revalidates, or stands
-                    // in for a failing upstream.
-                    if *key == primary {
-                        if let Some(entry) = self.l2_lookup(key).await {
-                            match self.answer_from(entry, want) {
-                                Some(Outcome::Hit(entry)) => {
-                                    guard.finish(Flight::FromL2(entry.clone()));
-                                    return Outcome::HitL2(entry);
-                                }
-                                Some(Outcome::Stale { entry, refresh }) => {
-                                    guard.finish(Flight::Stale(entry.clone()));
-                                    return Outcome::Stale { entry, refresh };
-                                }
-                                _ => {}
-                            }
-                        }
+            match self.flights.join(*key) {
+                Role::Leader(guard) => return self.lead(guard, ask, fetch, key).await,
+                Role::Waiter(wait) => match self.follow(wait, ask, key).await {
+                    Followed::Done(outcome) => return outcome,
+                    Followed::Alone => return self.fetch_alone(ask, fetch, key).await,
+                    Followed::Retry(next) => *key = next,
+                },
+            }
+        }
+        self.fetch_alone(ask, fetch, key).await
+    }
+
+    /// L1's answer for `key`, when what it holds may answer without going upstream.
+    fn answer_from_l1(&self, key: &CacheKey, want: &Want) -> Option<Outcome> {
+        self.answer_from(self.memory.get(key)?, want)
+    }
+
+    /// The leader's part: L2 (for a primary key), else the fetch; either way the waiters hear
+    /// how it ended, through `guard`.
+    async fn lead<F, Fut>(
+        &self,
+        guard: FlightGuard,
+        ask: Ask<'_>,
+        fetch: &F,
+        key: &mut CacheKey,
+    ) -> Outcome
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Fetched>,
+    {
+        // L2 holds entries under primary keys only (see `store`). What it has is promoted into
+        // L1 and judged like an L1 entry: fresh answers at once; a stale one within its window
+        // is served stale (and refreshed) when the request allows; otherwise it is what the
+        // fetch revalidates, or stands in for a failing upstream.
+        if *key == ask.primary {
+            if let Some(entry) = self.l2_lookup(key).await {
+                match self.answer_from(entry, ask.want) {
+                    Some(Outcome::Hit(entry)) => {
+                        guard.finish(Flight::FromL2(entry.clone()));
+                        return Outcome::HitL2(entry);
                     }
-                    return match fetch().await {
-                        Fetched::Stored(entry) => {
-                            *key = self.store(primary, headers, entry.clone());
-                            guard.finish(Flight::Stored(entry.clone(), *key, false));
-                            Outcome::Miss(entry)
-                        }
-                        Fetched::Revalidated(entry) => {
-                            *key = self.store(primary, headers, entry.clone());
-                            guard.finish(Flight::Stored(entry.clone(), *key, true));
-                            Outcome::Revalidated(entry)
-                        }
-                        Fetched::Stale(entry) => {
-                            guard.finish(Flight::Stale(entry.clone()));
-                            Outcome::Stale {
-                                entry,
-                                refresh: false,
-                            }
-                        }
-                        Fetched::Pass { response, remember } => {
-                            if remember {
-                                self.mark_pass(*key);
-                            }
-                            guard.finish(Flight::Pass);
-                            Outcome::Pass(response)
-                        }
-                        Fetched::Failed(e) => {
-                            guard.finish(Flight::Failed(e.clone()));
-                            Outcome::Failed(e)
-                        }
-                    };
-                }
-                Role::Waiter(mut rx) => {
-                    let waited = tokio::time::timeout(self.coalesce_timeout, async {
-                        // Clone out of the watch guard at once: it must not live across awaits.
-                        rx.wait_for(|f| !matches!(f, Flight::Pending))
-                            .await
-                            .map(|f| f.clone())
-                    })
-                    .await;
-                    let flight = match waited {
-                        Ok(Ok(f)) => f,
-                        // The sender is gone without a word: treat as abandoned.
-                        Ok(Err(_)) => Flight::Abandoned,
-                        Err(_) => {
-                            tracing::debug!(key = %key, "coalesce wait timed out; fetching alone");
-                            return self.fetch_alone(primary, headers, fetch, key).await;
-                        }
-                    };
-                    let mine = self.variant_key(&primary, headers);
-                    match flight {
-                        Flight::Stored(_, at, _) if at != mine => {
-                            // The leader's response selected another variant than ours.
-                            *key = mine;
-                        }
-                        Flight::Stored(entry, _, _) | Flight::Stale(entry)
-                            if !want.accepts_fetched(&entry) =>
-                        {
-                            return self.fetch_alone(primary, headers, fetch, key).await;
-                        }
-                        Flight::Stored(entry, _, revalidated) => {
-                            self.metrics.coalesced.increment(1);
-                            return Outcome::Coalesced { entry, revalidated };
-                        }
-                        Flight::FromL2(entry) => {
-                            // Fresh for the leader's request; this one may ask for more
-                            // (`max-age=0`, `no-cache`, `Authorization`): it is in L1 now, so
-                            // the next round judges it like any L1 entry.
-                            let now = self.clock.now_ms();
-                            if policy::usable(&entry, &want.directives, want.authorization, now)
-                                == Use::Fresh
-                            {
-                                self.metrics.coalesced.increment(1);
-                                return Outcome::HitL2(entry);
-                            }
-                        }
-                        Flight::Stale(entry) => {
-                            self.metrics.coalesced.increment(1);
-                            return Outcome::Stale {
-                                entry,
-                                refresh: false,
-                            };
-                        }
-                        Flight::Failed(e) => {
-                            self.metrics.coalesced.increment(1);
-                            return Outcome::Failed(e);
-                        }
-                        Flight::Pass => {
-                            return self.fetch_alone(primary, headers, fetch, key).await
-                        }
-                        Flight::Abandoned | Flight::Pending => {
-                            if let Some(entry) = self.lookup(key) {
-                                if want.accepts_fetched(&entry) {
-                                    return Outcome::Hit(entry);
-                                }
-                            }
-                        }
+                    Some(Outcome::Stale { entry, refresh }) => {
+                        guard.finish(Flight::Stale(entry.clone()));
+                        return Outcome::Stale { entry, refresh };
                     }
+                    _ => {}
                 }
             }
         }
-        self.fetch_alone(primary, headers, fetch, key).await
+        let fetched = fetch().await;
+        let remember = matches!(fetched, Fetched::Pass { remember: true, .. });
+        let (outcome, flight) = self.settle(fetched, ask, key);
+        // Marked before the flight ends, so a request arriving after it fetches alone rather
+        // than leading a new flight.
+        if remember {
+            self.pass_marks.mark(*key, self.clock.now_ms());
+        }
+        guard.finish(flight);
+        outcome
+    }
+
+    /// A waiter's part: wait for the leader (at most `coalesce_timeout`) and make of its word
+    /// an answer for this request, or a reason to fetch alone or to look again.
+    async fn follow(
+        &self,
+        wait: Wait,
+        Ask {
+            primary,
+            headers,
+            want,
+        }: Ask<'_>,
+        key: &CacheKey,
+    ) -> Followed {
+        let Some(flight) = wait.until(self.coalesce_timeout).await else {
+            tracing::debug!(key = %key, "coalesce wait timed out; fetching alone");
+            return Followed::Alone;
+        };
+        let mine = self.variant_key(&primary, headers);
+        match flight {
+            // The leader's response selected another variant than ours.
+            Flight::Stored(_, at, _) if at != mine => Followed::Retry(mine),
+            Flight::Stored(entry, _, _) | Flight::Stale(entry) if !want.accepts_fetched(&entry) => {
+                Followed::Alone
+            }
+            Flight::Stored(entry, _, revalidated) => {
+                self.metrics.coalesced.increment(1);
+                Followed::Done(Outcome::Coalesced { entry, revalidated })
+            }
+            Flight::FromL2(entry) => {
+                // Fresh for the leader's request; this one may ask for more (`max-age=0`,
+                // `no-cache`, `Authorization`): it is in L1 now, so the next round judges it
+                // like any L1 entry.
+                let now = self.clock.now_ms();
+                if policy::usable(&entry, &want.directives, want.authorization, now) == Use::Fresh {
+                    self.metrics.coalesced.increment(1);
+                    return Followed::Done(Outcome::HitL2(entry));
+                }
+                Followed::Retry(*key)
+            }
+            Flight::Stale(entry) => {
+                self.metrics.coalesced.increment(1);
+                Followed::Done(Outcome::Stale {
+                    entry,
+                    refresh: false,
+                })
+            }
+            Flight::Failed(e) => {
+                self.metrics.coalesced.increment(1);
+                Followed::Done(Outcome::Failed(e))
+            }
+            Flight::Pass => Followed::Alone,
+            Flight::Abandoned | Flight::Pending => match self.lookup(key) {
+                Some(entry) if want.accepts_fetched(&entry) => Followed::Done(Outcome::Hit(entry)),
+                _ => Followed::Retry(*key),
+            },
+        }
     }
 
     /// How a stored `entry` answers a request that wants `want` without going upstream:
@@ -484,32 +391,49 @@ impl Cache {
 
     /// Fetch without joining a flight (after a pass, a timeout, or for a pass-marked key).
     /// `at`: updated to the key a stored answer went under.
-    async fn fetch_alone<F, Fut>(
-        &self,
-        primary: CacheKey,
-        headers: &http::HeaderMap,
-        fetch: &F,
-        at: &mut CacheKey,
-    ) -> Outcome
+    async fn fetch_alone<F, Fut>(&self, ask: Ask<'_>, fetch: &F, at: &mut CacheKey) -> Outcome
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Fetched>,
     {
-        match fetch().await {
+        self.settle(fetch().await, ask, at).0
+    }
+
+    /// Store what a fetch allows and say what it means, for this caller ([`Outcome`]) and for
+    /// the waiters of a flight it led ([`Flight`]). `at`: updated to the key a stored answer
+    /// went under.
+    fn settle(
+        &self,
+        fetched: Fetched,
+        Ask {
+            primary, headers, ..
+        }: Ask<'_>,
+        at: &mut CacheKey,
+    ) -> (Outcome, Flight) {
+        match fetched {
             Fetched::Stored(entry) => {
                 *at = self.store(primary, headers, entry.clone());
-                Outcome::Miss(entry)
+                (
+                    Outcome::Miss(entry.clone()),
+                    Flight::Stored(entry, *at, false),
+                )
             }
             Fetched::Revalidated(entry) => {
                 *at = self.store(primary, headers, entry.clone());
-                Outcome::Revalidated(entry)
+                (
+                    Outcome::Revalidated(entry.clone()),
+                    Flight::Stored(entry, *at, true),
+                )
             }
-            Fetched::Stale(entry) => Outcome::Stale {
-                entry,
-                refresh: false,
-            },
-            Fetched::Pass { response, .. } => Outcome::Pass(response),
-            Fetched::Failed(e) => Outcome::Failed(e),
+            Fetched::Stale(entry) => (
+                Outcome::Stale {
+                    entry: entry.clone(),
+                    refresh: false,
+                },
+                Flight::Stale(entry),
+            ),
+            Fetched::Pass { response, .. } => (Outcome::Pass(response), Flight::Pass),
+            Fetched::Failed(e) => (Outcome::Failed(e.clone()), Flight::Failed(e)),
         }
     }
 
@@ -553,64 +477,17 @@ impl Cache {
             }
             key
         };
-        {
-            let mut marks = self.pass_marks.lock();
-            marks.remove(&primary);
-            marks.remove(&key);
-        }
+        self.pass_marks.clear(&primary);
+        self.pass_marks.clear(&key);
         self.memory.insert(key, entry);
         self.metrics.cache_stored.increment(1);
         key
     }
 
-    fn pass_marked(&self, key: &CacheKey) -> bool {
-        let mut marks = self.pass_marks.lock();
-        match marks.get(key) {
-            Some(&until) if until > self.clock.now_ms() => true,
-            Some(_) => {
-                marks.remove(key);
-                false
-            }
-            None => false,
-        }
-    }
-
-    fn mark_pass(&self, key: CacheKey) {
-        let now = self.clock.now_ms();
-        let mut marks = self.pass_marks.lock();
-        // Bounded: drop expired marks when the table grows.
-        if marks.len() >= 65_536 {
-            marks.retain(|_, until| *until > now);
-            if marks.len() >= 65_536 {
-                marks.clear();
-            }
-        }
-        marks.insert(key, now + PASS_MARK.as_millis() as u64);
-    }
-
-    fn join(&self, key: CacheKey) -> Role<'_> {
-        let mut inflight = self.inflight.lock();
-        if let Some(tx) = inflight.get(&key) {
-            return Role::Waiter(tx.subscribe());
-        }
-        let (tx, _rx) = watch::channel(Flight::Pending);
-        inflight.insert(key, tx);
-        Role::Leader(FlightGuard {
-            cache: self,
-            key,
-            done: false,
-        })
-    }
-
     /// Remember the uncompressed body of a compressed `entry` just built from `identity`, so
     /// that serving it does not decompress it again.
     pub fn seed_identity(&self, key: &CacheKey, entry: &Entry, identity: bytes::Bytes) {
-        if matches!(entry.body, entry::StoredBody::Zstd { .. }) {
-            let tag = identity_tag(entry);
-            self.decoded
-                .cache
-                .insert(*key, (tag, bytes::Bytes::copy_from_slice(&identity)));
-        }
+        self.decoded.seed(key, entry, identity);
     }
 
     /// The body of `entry` (stored under `key`) as a client without zstd sees it.
@@ -619,86 +496,20 @@ impl Cache {
         key: &CacheKey,
         entry: &Entry,
     ) -> Result<bytes::Bytes, entry::CodecError> {
-        match &entry.body {
-            entry::StoredBody::Raw(b) => Ok(b.clone()),
-            entry::StoredBody::Zstd { .. } => {
-                // Tag with the entry's identity so a replaced entry never serves an old body.
-                let tag = identity_tag(entry);
-                if let Some((t, body)) = self.decoded.cache.get(key) {
-                    if t == tag {
-                        return Ok(body);
-                    }
-                }
-                let body = entry.body.decoded()?;
-                self.decoded.cache.insert(*key, (tag, body.clone()));
-                Ok(body)
-            }
-        }
+        self.decoded.identity_body(key, entry)
     }
 
     /// Drop `key` from L1 (this instance only; see [`Cache::invalidate`] for the fleet).
     pub fn remove(&self, key: &CacheKey) -> bool {
-        self.decoded.cache.remove(key);
+        self.decoded.remove(key);
         self.memory.remove(key)
     }
 
     /// Drop everything from L1 (this instance only; see [`Cache::invalidate_all`]).
     pub fn clear(&self) {
-        self.decoded.cache.clear();
+        self.decoded.clear();
         self.variants.clear();
         self.memory.clear();
-    }
-
-    /// Purge `key` everywhere (an admin purge, or RFC 9111 §4.4: an unsafe request changed the
-    /// resource): from L2 first (so nothing promotes it back), then from this L1,
-    /// and, through Redis pub/sub, from every instance's L1. `true` when some tier held it.
-    /// When Redis is unreachable, only this L1 is purged and the error is logged.
-    pub async fn invalidate(&self, key: &CacheKey) -> bool {
-        // What this L1 holds is judged before Redis is told: our own pub/sub echo may drop it
-        // first, and the purge still removed it.
-        let variants = self.variants.forget(key);
-        let in_l1 = self.memory.peek(key).is_some()
-            || variants.iter().any(|v| self.memory.peek(v).is_some());
-        let in_l2 = match &self.l2 {
-            Some(l2) => l2.invalidate(key).await.unwrap_or_else(|e| {
-                tracing::warn!(key = %key, error = %e, "purge did not reach Redis");
-                false
-            }),
-            None => false,
-        };
-        self.pass_marks.lock().remove(key);
-        self.remove(key);
-        for variant in &variants {
-            self.remove(variant);
-        }
-        if in_l1 || in_l2 {
-            self.metrics.cache_invalidated.increment(1);
-        }
-        in_l1 || in_l2
-    }
-
-    /// Purge `key` from L2 and, through pub/sub, every instance's L1, in a task of its own
-    /// (for the request path, which must not wait for Redis). No-op without `[redis]`.
-    pub fn invalidate_behind(&self, key: CacheKey) {
-        let (Some(l2), Ok(rt)) = (&self.l2, tokio::runtime::Handle::try_current()) else {
-            return;
-        };
-        let l2 = l2.clone();
-        rt.spawn(async move {
-            if let Err(e) = l2.invalidate(&key).await {
-                tracing::warn!(key = %key, error = %e, "purge did not reach Redis");
-            }
-        });
-    }
-
-    /// Purge everything under the key prefix in L2 and every instance's L1.
-    pub async fn invalidate_all(&self) {
-        if let Some(l2) = &self.l2 {
-            if let Err(e) = l2.invalidate_all().await {
-                tracing::warn!(error = %e, "purge of everything did not reach Redis");
-            }
-        }
-        self.clear();
     }
 
     /// L2's state for `/readyz`; `None` without `[redis]`.
@@ -718,151 +529,6 @@ impl Cache {
 
     /// Bytes held: stored entries plus decompressed copies of hot compressed bodies.
     pub fn bytes(&self) -> u64 {
-        self.memory.weight() + self.decoded.cache.weight()
-    }
-}
-
-/// Which stored entry a decoded body belongs to: a replaced entry never serves an old body.
-fn identity_tag(entry: &Entry) -> u64 {
-    (std::ptr::from_ref(entry) as usize as u64) ^ entry.response_time
-}
-
-#[derive(Clone)]
-struct ByLen;
-
-impl quick_cache::Weighter<CacheKey, (u64, bytes::Bytes)> for ByLen {
-    fn weight(&self, _key: &CacheKey, val: &(u64, bytes::Bytes)) -> u64 {
-        val.1.len() as u64 + 64
-    }
-}
-
-struct DecodedBodies {
-    cache: quick_cache::sync::Cache<CacheKey, (u64, bytes::Bytes), ByLen>,
-}
-
-impl DecodedBodies {
-    fn new(budget: u64) -> DecodedBodies {
-        let items = usize::try_from(budget / 16_384).unwrap_or(1 << 16).max(16);
-        DecodedBodies {
-            cache: quick_cache::sync::Cache::with_weighter(items, budget.max(1), ByLen),
-        }
-    }
-}
-
-/// The `Vary` index (RFC 9111 §4.1): for each URL (primary key) whose responses vary, the
-/// header names they vary on and the keys of the variants stored, least recently stored first,
-/// at most `max` of them. Bounded in count, like L1 in bytes; an index evicted before its
-/// variants only costs a miss (the next response indexes the URL again).
-struct Variants {
-    map: quick_cache::sync::Cache<CacheKey, Arc<VaryIndex>>,
-    max: usize,
-    /// Something was ever indexed; until then `key` costs one atomic load.
-    any: std::sync::atomic::AtomicBool,
-}
-
-struct VaryIndex {
-    names: Vec<http::HeaderName>,
-    keys: Mutex<std::collections::VecDeque<CacheKey>>,
-}
-
-impl Variants {
-    fn new(memory: u64, max: usize) -> Variants {
-        let items = usize::try_from(memory / 16_384)
-            .unwrap_or(1 << 16)
-            .max(1024);
-        Variants {
-            map: quick_cache::sync::Cache::new(items),
-            max: max.max(1),
-            any: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    fn key(&self, primary: &CacheKey, headers: &http::HeaderMap) -> CacheKey {
-        if !self.any.load(Ordering::Relaxed) {
-            return *primary;
-        }
-        match self.map.get(primary) {
-            Some(ix) => primary.variant(&ix.names, headers),
-            None => *primary,
-        }
-    }
-
-    /// Record `key` as the newest variant of `primary` varying on `names`; returns the keys
-    /// that are no longer variants (over `max`, or indexed under other names, or the
-    /// unvarying entry the URL had before), for L1 to drop.
-    fn add(&self, primary: CacheKey, names: Vec<http::HeaderName>, key: CacheKey) -> Vec<CacheKey> {
-        let mut dropped = Vec::new();
-        let ix = match self.map.get(&primary) {
-            Some(ix) if ix.names == names => ix,
-            old => {
-                match old {
-                    Some(old) => dropped.extend(old.keys.lock().drain(..)),
-                    None => dropped.push(primary),
-                }
-                let ix = Arc::new(VaryIndex {
-                    names,
-                    keys: Mutex::new(std::collections::VecDeque::new()),
-                });
-                self.map.insert(primary, ix.clone());
-                self.any.store(true, Ordering::Relaxed);
-                ix
-            }
-        };
-        let mut keys = ix.keys.lock();
-        keys.retain(|k| *k != key);
-        keys.push_back(key);
-        while keys.len() > self.max {
-            dropped.extend(keys.pop_front());
-        }
-        dropped.retain(|k| *k != key);
-        dropped
-    }
-
-    /// `primary` no longer varies, or is purged: its variant keys, for L1 to drop.
-    fn forget(&self, primary: &CacheKey) -> Vec<CacheKey> {
-        if !self.any.load(Ordering::Relaxed) {
-            return Vec::new();
-        }
-        match self.map.remove(primary) {
-            Some((_, ix)) => ix.keys.lock().drain(..).collect(),
-            None => Vec::new(),
-        }
-    }
-
-    fn clear(&self) {
-        self.map.clear();
-    }
-}
-
-enum Role<'a> {
-    Leader(FlightGuard<'a>),
-    Waiter(watch::Receiver<Flight>),
-}
-
-/// Held by the leader of a flight; tells the waiters how it ended, also when dropped early.
-struct FlightGuard<'a> {
-    cache: &'a Cache,
-    key: CacheKey,
-    done: bool,
-}
-
-impl FlightGuard<'_> {
-    fn finish(mut self, outcome: Flight) {
-        self.publish(outcome);
-        self.done = true;
-    }
-
-    fn publish(&self, outcome: Flight) {
-        if let Some(tx) = self.cache.inflight.lock().remove(&self.key) {
-            tx.send_replace(outcome);
-        }
-    }
-}
-
-impl Drop for FlightGuard<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.publish(Flight::Abandoned);
-        }
+        self.memory.weight() + self.decoded.weight()
     }
 }

@@ -42,6 +42,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
 use self::metrics::PrefetchMetrics;
+use crate::cache::Served;
 use crate::cache::{Cache, Fetched, Outcome};
 use crate::config::Config;
 use crate::key::CacheKey;
@@ -62,16 +63,6 @@ pub trait Source: Send + Sync + 'static {
         pq: &str,
         headers: HeaderMap,
     ) -> impl Future<Output = Fetched> + Send;
-}
-
-/// How the cache served the observed request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Served {
-    Hit,
-    /// Waited for a fetch already in flight (perhaps a prefetch).
-    Coalesced,
-    /// Fetched by this request (or passed through).
-    Fetched,
 }
 
 /// One arriving client GET.
