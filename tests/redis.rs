@@ -121,6 +121,35 @@ async fn two_instances(redis: &RedisServer, up: &TestUpstream) -> (TestProxy, Te
     (a, b)
 }
 
+/// Two instances on `section`, connected; A fetched `pq` and wrote it behind. Returns both, A's
+/// response, and the Redis key it went to.
+async fn one_shared_entry(
+    redis: &RedisServer,
+    up: &TestUpstream,
+    section: &str,
+    pq: &str,
+) -> (TestProxy, TestProxy, common::Got, Vec<u8>) {
+    let cfg = config(up.addr, section);
+    let a = TestProxy::start(cfg.clone()).await;
+    let b = TestProxy::start(cfg).await;
+    l2_ready(&a).await;
+    l2_ready(&b).await;
+    let first = fetch(&a, pq).await;
+    written(redis, 1).await;
+    let key = keys(redis).remove(0);
+    (a, b, first, key)
+}
+
+fn set_value(redis: &RedisServer, key: &[u8], value: &[u8]) {
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .arg("PX")
+        .arg(60_000)
+        .query(&mut redis.conn())
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_one_upstream_fetch() {
     let redis = RedisServer::start();
@@ -340,23 +369,15 @@ async fn variants_stay_local_and_a_purge_drops_them_fleet_wide() {
 async fn corrupt_value_is_a_miss_and_is_overwritten() {
     let redis = RedisServer::start();
     let up = TestUpstream::start().await;
-    let (a, b) = two_instances(&redis, &up).await;
     let pq = format!("/c?size=3000&{CACHED}");
-    let first = fetch(&a, &pq).await;
-    written(&redis, 1).await;
-    let key = keys(&redis).remove(0);
+    let section = redis_section(&redis.url(), "");
+    let (_a, b, first, key) = one_shared_entry(&redis, &up, &section, &pq).await;
     let mut conn = redis.conn();
     let good: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
     let mut bad = good.clone();
     let mid = bad.len() / 2;
     bad[mid] ^= 0x55;
-    let _: () = redis::cmd("SET")
-        .arg(&key)
-        .arg(bad)
-        .arg("PX")
-        .arg(60_000)
-        .query(&mut conn)
-        .unwrap();
+    set_value(&redis, &key, &bad);
 
     let got = fetch(&b, &pq).await;
     assert_eq!(got.status, 200);
@@ -629,26 +650,14 @@ fn old_style_crash_value() -> Vec<u8> {
     v
 }
 
-fn set_value(redis: &RedisServer, key: &[u8], value: &[u8]) {
-    let _: () = redis::cmd("SET")
-        .arg(key)
-        .arg(value)
-        .arg("PX")
-        .arg(60_000)
-        .query(&mut redis.conn())
-        .unwrap();
-}
-
 /// A value that would crash the reader is a miss: the upstream answers, the process lives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crafted_value_is_a_miss_and_the_proxy_lives() {
     let redis = RedisServer::start();
     let up = TestUpstream::start().await;
-    let (a, b) = two_instances(&redis, &up).await;
     let pq = format!("/crash?{CACHED}");
-    let first = fetch(&a, &pq).await;
-    written(&redis, 1).await;
-    let key = keys(&redis).remove(0);
+    let section = redis_section(&redis.url(), "");
+    let (_a, b, first, key) = one_shared_entry(&redis, &up, &section, &pq).await;
     set_value(&redis, &key, &old_style_crash_value());
 
     let got = fetch(&b, &pq).await;
@@ -726,21 +735,27 @@ async fn value_from_a_writer_without_the_secret_is_a_miss() {
     );
 }
 
+/// Bytes Redis has sent to its clients so far (`INFO stats`).
+fn output_bytes(redis: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query(&mut redis.conn())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("total_net_output_bytes in INFO stats")
+}
+
 /// Without a secret the tier is not authenticated, but a value that passes the (public) MAC
 /// is still bounded: a forged header count is a miss, never a crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_tier_still_bounds_values() {
     let redis = RedisServer::start();
     let up = TestUpstream::start().await;
-    let cfg = config(up.addr, &unauthenticated_section(&redis.url(), ""));
-    let a = TestProxy::start(cfg.clone()).await;
-    let b = TestProxy::start(cfg).await;
-    l2_ready(&a).await;
-    l2_ready(&b).await;
     let pq = format!("/bounded?{CACHED}");
-    let first = fetch(&a, &pq).await;
-    written(&redis, 1).await;
-    let key = keys(&redis).remove(0);
+    let section = unauthenticated_section(&redis.url(), "");
+    let (a, b, first, key) = one_shared_entry(&redis, &up, &section, &pq).await;
     // The crash value's payload (a header count of 30000) under a valid unkeyed MAC.
     let v2 = old_style_crash_value();
     let mut payload = v2[..v2.len() - 16].to_vec();
@@ -754,6 +769,23 @@ async fn unauthenticated_tier_still_bounds_values() {
         b.metric(r#"augur_l2_rejected_total{reason="bounds"}"#)
             .await,
         1.0
+    );
+
+    // A value over max_entry_size (1 MiB) is not read whole, and is a miss.
+    let big = format!("/big?{CACHED}");
+    let before = keys(&redis);
+    fetch(&a, &big).await;
+    let key = key_of(&redis, &before).await;
+    set_value(&redis, &key, &vec![b'x'; 3 << 20]);
+    let sent_before = output_bytes(&redis);
+    let got = fetch(&b, &big).await;
+    assert_eq!((got.status.as_u16(), got.x_cache()), (200, "MISS"));
+    let sent = output_bytes(&redis) - sent_before;
+    assert!(sent < 2 << 20, "Redis sent {sent} bytes for a 3 MiB value");
+    assert_eq!(
+        b.metric(r#"augur_l2_rejected_total{reason="bounds"}"#)
+            .await,
+        2.0
     );
     assert_eq!(fetch(&b, &format!("/alive?{CACHED}")).await.status, 200);
 }
