@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use augur::cache::entry::{Compression, Entry, StoredBody};
+use augur::cache::entry::{Compression, Entry, Limits, Seal, StoredBody};
 use augur::cache::memory::Memory;
 use augur::cache::policy;
 use augur::cache::redis;
@@ -66,17 +66,28 @@ fn entry(size: usize) -> Entry {
     }
 }
 
+/// The L2 value MAC, its Redis key, and the read limits (the defaults).
+fn seal() -> (Seal, &'static str, Limits) {
+    let limits = Limits {
+        max_value: 1 << 20,
+        max_body: 8 << 20,
+    };
+    let seal = Seal::new(Some(b"a bench secret of thirty-two b."));
+    (seal, "augur:0909090909090909", limits)
+}
+
 fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("entry");
+    let (seal, name, limits) = seal();
     for size in [1024usize, 16 * 1024] {
         let e = entry(size);
-        let enc = e.encode();
+        let enc = e.seal(&seal, name.as_bytes());
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_function(format!("encode/{size}"), |b| {
-            b.iter(|| black_box(&e).encode())
+            b.iter(|| black_box(&e).seal(&seal, name.as_bytes()))
         });
         g.bench_function(format!("decode/{size}"), |b| {
-            b.iter(|| Entry::decode(black_box(&enc)))
+            b.iter(|| Entry::open(black_box(&enc), &seal, name.as_bytes(), limits))
         });
         g.bench_function(format!("zstd_store/{size}"), |b| {
             let body = json(size);
@@ -133,12 +144,13 @@ fn l2_hit(c: &mut Criterion) {
     let m = Memory::new(64 << 20, 8 << 20, metrics::Counter::noop());
     let key = CacheKey([9; 16]);
     let mut g = c.benchmark_group("l2_hit");
+    let (seal, name, limits) = seal();
     for size in [1024usize, 16 * 1024] {
-        let enc = entry(size).encode();
+        let enc = entry(size).seal(&seal, name.as_bytes());
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_function(format!("decode_verify_promote/{size}"), |b| {
             b.iter(|| {
-                let e = redis::decode_usable(black_box(&enc), 1_000).unwrap();
+                let e = redis::decode_usable(black_box(&enc), &seal, name, limits, 1_000).unwrap();
                 m.insert(key, Arc::new(e));
             })
         });

@@ -64,6 +64,10 @@ fn main() -> ExitCode {
                         c.routes.len(),
                         if c.routes.len() == 1 { "" } else { "s" }
                     );
+                    // Valid, but unsafe on a shared network: say so, without failing the check.
+                    if let Some(w) = c.redis.as_ref().and_then(|r| r.unauthenticated_warning()) {
+                        eprintln!("warning: {w}");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

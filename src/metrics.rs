@@ -72,7 +72,7 @@ const HELP: [(&str, &str); 12] = [
 ];
 
 /// The help text of the Redis tier's series, registered by [`Metrics::l2`].
-const L2_HELP: [(&str, &str); 6] = [
+const L2_HELP: [(&str, &str); 9] = [
     (
         "augur_l2_requests_total",
         "L2 (Redis) lookups by result: hit, miss, error, timeout, corrupt, skipped.",
@@ -96,6 +96,18 @@ const L2_HELP: [(&str, &str); 6] = [
     (
         "augur_l2_invalidations_received_total",
         "Invalidation messages received over Redis pub/sub and applied to L1.",
+    ),
+    (
+        "augur_l2_rejected_total",
+        "L2 values refused (a miss, never served) by reason: mac (no valid MAC for this key), bounds (size, header count or body length over the limits), decode (malformed).",
+    ),
+    (
+        "augur_l2_invalidations_rejected_total",
+        "Invalidation messages ignored for lack of a valid MAC (forged, or another secret).",
+    ),
+    (
+        "augur_l2_subscription_lost_total",
+        "Invalidation subscriptions lost (closed, or no answer to the heartbeat PING); each clears L1.",
     ),
 ];
 
@@ -176,6 +188,25 @@ pub struct L2Metrics {
     pub connected: Gauge,
     /// `augur_l2_invalidations_received_total`: pub/sub messages applied to L1.
     pub invalidations: Counter,
+    /// `augur_l2_rejected_total{reason}`: values refused, by [`L2Metrics::rejected`] reason.
+    pub rejected_mac: Counter,
+    pub rejected_bounds: Counter,
+    pub rejected_decode: Counter,
+    /// `augur_l2_invalidations_rejected_total`: pub/sub messages without a valid MAC.
+    pub invalidations_rejected: Counter,
+    /// `augur_l2_subscription_lost_total`: subscriptions found dead.
+    pub subscription_lost: Counter,
+}
+
+impl L2Metrics {
+    /// The `augur_l2_rejected_total` counter of `reason` ("mac", "bounds", else "decode").
+    pub fn rejected(&self, reason: &str) -> &Counter {
+        match reason {
+            "mac" => &self.rejected_mac,
+            "bounds" => &self.rejected_bounds,
+            _ => &self.rejected_decode,
+        }
+    }
 }
 
 /// The registry and every handle Augur records into.
@@ -259,6 +290,7 @@ impl Metrics {
         let get = |result: &str| counter(r, "augur_l2_requests_total", &[("result", result)]);
         let set = |result: &str| counter(r, "augur_l2_writes_total", &[("result", result)]);
         let dur = |op: &str| histogram(r, "augur_l2_duration_seconds", &[("op", op)]);
+        let rejected = |reason: &str| counter(r, "augur_l2_rejected_total", &[("reason", reason)]);
         L2Metrics {
             get_hit: get("hit"),
             get_miss: get("miss"),
@@ -276,6 +308,11 @@ impl Metrics {
             breaker_state: gauge(r, "augur_l2_breaker_state"),
             connected: gauge(r, "augur_l2_connected"),
             invalidations: counter(r, "augur_l2_invalidations_received_total", &[]),
+            rejected_mac: rejected("mac"),
+            rejected_bounds: rejected("bounds"),
+            rejected_decode: rejected("decode"),
+            invalidations_rejected: counter(r, "augur_l2_invalidations_rejected_total", &[]),
+            subscription_lost: counter(r, "augur_l2_subscription_lost_total", &[]),
         }
     }
 

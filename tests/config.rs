@@ -235,6 +235,24 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         r#"cannot read "/nonexistent/augur/redis-ca.pem""#,
     ),
     (
+        "redis_pubsub_heartbeat_zero.toml",
+        "3:20",
+        "redis.pubsub_heartbeat",
+        "must be greater than 0s",
+    ),
+    (
+        "redis_secret_file_missing.toml",
+        "3:15",
+        "redis.secret_file",
+        r#"cannot read "/nonexistent/augur/redis-secret""#,
+    ),
+    (
+        "redis_secret_inline.toml",
+        "3:10",
+        "redis.secret",
+        "a secret is never written inline (put it in a file named by redis.secret_file",
+    ),
+    (
         "redis_timeout_zero.toml",
         "3:11",
         "redis.timeout",
@@ -580,4 +598,56 @@ grace = "30s"
         "augur-cache-control"
     );
     assert_eq!(d.cache.max_heuristic_ttl, Duration::from_secs(24 * 3600));
+}
+
+#[test]
+fn redis_secret_from_a_file_or_the_environment_and_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    let with_file = |contents: &[u8]| {
+        std::fs::write(&file, contents).unwrap();
+        let text = format!(
+            "{MINIMAL}\n[redis]\nurl = \"redis://10.0.0.9:6379\"\nsecret_file = \"{}\"\n",
+            file.display()
+        );
+        Config::from_str(&text, "s.toml")
+    };
+    let r = with_file(b"0123456789abcdef0123\n").unwrap().redis.unwrap();
+    assert_eq!(r.secret.as_ref().unwrap().expose(), b"0123456789abcdef0123");
+    assert_eq!(r.unauthenticated_warning(), None);
+    assert!(!format!("{r:?}").contains("0123456789"), "{r:?}");
+    let err = with_file(b"shortsecret\n").unwrap_err().to_string();
+    assert!(err.starts_with("s.toml:"), "{err}");
+    assert!(err.contains("redis.secret_file: "), "{err}");
+    assert!(err.contains("11 bytes, fewer than 16"), "{err}");
+    assert!(!err.contains("shortsecret"), "{err}");
+
+    // Without a secret: valid, with a warning for `augur check` and the log.
+    let text = format!("{MINIMAL}\n[redis]\nurl = \"redis://10.0.0.9:6379\"\n");
+    let mut c = Config::from_str(&text, "n.toml").unwrap();
+    let warning = c.redis.as_ref().unwrap().unauthenticated_warning().unwrap();
+    assert!(warning.contains("NOT authenticated"), "{warning}");
+    let err = c
+        .apply_env(env(&[("AUGUR_REDIS_SECRET", "tooshort")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("AUGUR_REDIS_SECRET: "), "{err}");
+    assert!(!err.contains("tooshort"), "{err}");
+
+    // The secret applies even when AUGUR_REDIS_URL, listed after it, creates the [redis].
+    let mut c = Config::from_str(MINIMAL, "minimal.toml").unwrap();
+    c.apply_env(env(&[
+        ("AUGUR_REDIS_SECRET", "a secret from the environment"),
+        ("AUGUR_REDIS_URL", "redis://redis.internal:6379"),
+        ("AUGUR_CACHE_MAX_ENTRY_SIZE", "2MiB"),
+    ]))
+    .unwrap();
+    let r = c.redis.unwrap();
+    assert_eq!(r.secret.unwrap().expose(), b"a secret from the environment");
+    assert_eq!(r.pubsub_heartbeat, Duration::from_secs(5));
+    assert_eq!(
+        r.max_body_size,
+        2 * 1024 * 1024,
+        "follows cache.max_entry_size"
+    );
 }

@@ -8,7 +8,7 @@ mod redis_server;
 
 use std::time::{Duration, Instant};
 
-use augur::cache::entry::Entry;
+use augur::cache::entry::{Entry, Limits, Seal, StoredBody};
 use augur::clock::Clock;
 use bytes::Bytes;
 use common::{config, eventually, get, post, until, TestProxy, TestUpstream, CACHED};
@@ -16,15 +16,46 @@ use redis_server::{RedisCluster, RedisServer};
 
 const PREFIX: &str = "augur-test:";
 
+/// The fleet's secret, as its `secret_file` holds it (with the trailing newline of `echo`).
+const SECRET: &[u8] = b"a fleet secret for the tests, 40 bytes..";
+
+/// `secret_file = "…"`: the secret written once into this test binary's own scratch directory.
+fn secret_line() -> String {
+    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let path = PATH.get_or_init(|| {
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("redis-test-secret");
+        std::fs::write(&path, [SECRET, b"\n"].concat()).unwrap();
+        path
+    });
+    format!("secret_file = \"{}\"", path.display())
+}
+
+/// The seal and limits this fleet's values carry (`[redis]` and `[cache]` of `config`).
+fn fleet_seal() -> (Seal, Limits) {
+    let limits = Limits {
+        max_value: 1 << 20,
+        max_body: 8 << 20,
+    };
+    (Seal::new(Some(SECRET)), limits)
+}
+
+/// `[redis]` with the fleet's secret.
 fn redis_section(url: &str, extra: &str) -> String {
+    let secret = secret_line();
+    unauthenticated_section(url, &format!("{secret}\n{extra}"))
+}
+
+/// `[redis]` without a secret: values are bounds-checked but not authenticated.
+fn unauthenticated_section(url: &str, extra: &str) -> String {
     format!("\n[redis]\nurl = \"{url}\"\nkey_prefix = \"{PREFIX}\"\ntimeout = \"100ms\"\nbreaker_cooldown = \"200ms\"\n{extra}\n")
 }
 
 fn cluster_section(urls: &[String]) -> String {
     let nodes: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
     format!(
-        "\n[redis]\ncluster = [{}]\nkey_prefix = \"{PREFIX}\"\ntimeout = \"200ms\"\n",
-        nodes.join(", ")
+        "\n[redis]\ncluster = [{}]\nkey_prefix = \"{PREFIX}\"\ntimeout = \"200ms\"\n{}\n",
+        nodes.join(", "),
+        secret_line()
     )
 }
 
@@ -88,6 +119,35 @@ async fn two_instances(redis: &RedisServer, up: &TestUpstream) -> (TestProxy, Te
     l2_ready(&a).await;
     l2_ready(&b).await;
     (a, b)
+}
+
+/// Two instances on `section`, connected; A fetched `pq` and wrote it behind. Returns both, A's
+/// response, and the Redis key it went to.
+async fn one_shared_entry(
+    redis: &RedisServer,
+    up: &TestUpstream,
+    section: &str,
+    pq: &str,
+) -> (TestProxy, TestProxy, common::Got, Vec<u8>) {
+    let cfg = config(up.addr, section);
+    let a = TestProxy::start(cfg.clone()).await;
+    let b = TestProxy::start(cfg).await;
+    l2_ready(&a).await;
+    l2_ready(&b).await;
+    let first = fetch(&a, pq).await;
+    written(redis, 1).await;
+    let key = keys(redis).remove(0);
+    (a, b, first, key)
+}
+
+fn set_value(redis: &RedisServer, key: &[u8], value: &[u8]) {
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .arg("PX")
+        .arg(60_000)
+        .query(&mut redis.conn())
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,23 +369,15 @@ async fn variants_stay_local_and_a_purge_drops_them_fleet_wide() {
 async fn corrupt_value_is_a_miss_and_is_overwritten() {
     let redis = RedisServer::start();
     let up = TestUpstream::start().await;
-    let (a, b) = two_instances(&redis, &up).await;
     let pq = format!("/c?size=3000&{CACHED}");
-    let first = fetch(&a, &pq).await;
-    written(&redis, 1).await;
-    let key = keys(&redis).remove(0);
+    let section = redis_section(&redis.url(), "");
+    let (_a, b, first, key) = one_shared_entry(&redis, &up, &section, &pq).await;
     let mut conn = redis.conn();
     let good: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
     let mut bad = good.clone();
     let mid = bad.len() / 2;
     bad[mid] ^= 0x55;
-    let _: () = redis::cmd("SET")
-        .arg(&key)
-        .arg(bad)
-        .arg("PX")
-        .arg(60_000)
-        .query(&mut conn)
-        .unwrap();
+    set_value(&redis, &key, &bad);
 
     let got = fetch(&b, &pq).await;
     assert_eq!(got.status, 200);
@@ -345,7 +397,8 @@ async fn corrupt_value_is_a_miss_and_is_overwritten() {
                 .arg(&key)
                 .query(&mut redis.conn())
                 .unwrap();
-            Entry::decode(&Bytes::from(v)).is_ok()
+            let (seal, limits) = fleet_seal();
+            Entry::open(&Bytes::from(v), &seal, &key, limits).is_ok()
         },
     )
     .await;
@@ -575,4 +628,224 @@ async fn cluster_spreads_keys_shares_and_purges() {
         entries(&b).await == 0
     })
     .await;
+}
+
+// ───────────────────────── Redis is untrusted input (review H3, M9) ─────────────────────────
+
+/// The review's 74-byte value: Augur's old (version 2) layout up to a header count of 30000,
+/// under a valid unkeyed blake3 checksum. It aborted every instance that read it.
+fn old_style_crash_value() -> Vec<u8> {
+    let mut v = b"AUGE".to_vec();
+    v.push(2);
+    v.extend_from_slice(&200u16.to_be_bytes());
+    // request_time, response_time, initial_age, lifetime (long), flags, the two windows.
+    for t in [0u64, 0, 0, 1 << 40] {
+        v.extend_from_slice(&t.to_be_bytes());
+    }
+    v.push(0);
+    v.extend_from_slice(&[0; 16]);
+    v.extend_from_slice(&30_000u16.to_be_bytes());
+    let sum = blake3::hash(&v);
+    v.extend_from_slice(&sum.as_bytes()[..16]);
+    v
+}
+
+/// A value that would crash the reader is a miss: the upstream answers, the process lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_value_is_a_miss_and_the_proxy_lives() {
+    let redis = RedisServer::start();
+    let up = TestUpstream::start().await;
+    let pq = format!("/crash?{CACHED}");
+    let section = redis_section(&redis.url(), "");
+    let (_a, b, first, key) = one_shared_entry(&redis, &up, &section, &pq).await;
+    set_value(&redis, &key, &old_style_crash_value());
+
+    let got = fetch(&b, &pq).await;
+    assert_eq!((got.status.as_u16(), got.x_cache()), (200, "MISS"));
+    assert_eq!(got.body, first.body);
+    assert_eq!(up.count(&pq), 2, "answered by the upstream");
+    assert_eq!(
+        b.metric(r#"augur_l2_rejected_total{reason="mac"}"#).await,
+        1.0
+    );
+    let alive = fetch(&b, &format!("/alive?{CACHED}")).await;
+    assert_eq!(alive.status, 200, "the process is alive");
+}
+
+/// The Redis key a `written` entry for `pq` went to: the one key not in `before`.
+async fn key_of(redis: &RedisServer, before: &[Vec<u8>]) -> Vec<u8> {
+    written(redis, before.len() + 1).await;
+    let mut now = keys(redis);
+    now.retain(|k| !before.contains(k));
+    now.remove(0)
+}
+
+/// How an attacker turns a (poisoned) entry into the value it stores under a Redis key.
+type Forge<'a> = dyn Fn(&Entry, &[u8]) -> Vec<u8> + 'a;
+
+/// A writer without the secret cannot make an instance serve its body: not with the old
+/// unkeyed checksum, not with a MAC under another secret or under none, not by moving a valid
+/// value to another key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn value_from_a_writer_without_the_secret_is_a_miss() {
+    let redis = RedisServer::start();
+    let up = TestUpstream::start().await;
+    let (a, b) = two_instances(&redis, &up).await;
+    let (seal, limits) = fleet_seal();
+    let other = Seal::new(Some(b"not the fleet's secret, long enough"));
+    let public = Seal::new(None);
+    let forgeries: [(&str, &Forge<'_>); 4] = [
+        ("another secret", &|e, k| e.seal(&other, k).to_vec()),
+        ("no secret", &|e, k| e.seal(&public, k).to_vec()),
+        ("version 2 checksum", &|e, k| {
+            let sealed = e.seal(&public, k);
+            let mut v = sealed[..sealed.len() - 32].to_vec();
+            v[4] = 2;
+            let sum = blake3::hash(&v);
+            v.extend_from_slice(&sum.as_bytes()[..16]);
+            v
+        }),
+        // A value the fleet sealed, for another key (the attacker's own URL).
+        ("moved", &|e, _| {
+            e.seal(&seal, format!("{PREFIX}elsewhere").as_bytes())
+                .to_vec()
+        }),
+    ];
+    for (i, (what, forge)) in forgeries.iter().enumerate() {
+        let pq = format!("/victim/{i}?{CACHED}");
+        let before = keys(&redis);
+        let first = fetch(&a, &pq).await;
+        let key = key_of(&redis, &before).await;
+        let good: Vec<u8> = redis::cmd("GET")
+            .arg(&key)
+            .query(&mut redis.conn())
+            .unwrap();
+        let mut entry = Entry::open(&Bytes::from(good), &seal, &key, limits).unwrap();
+        entry.body = StoredBody::Raw(Bytes::from_static(b"POISONED"));
+        set_value(&redis, &key, &forge(&entry, &key));
+
+        let got = fetch(&b, &pq).await;
+        assert_eq!(got.x_cache(), "MISS", "{what}: served {:?}", got.body);
+        assert_eq!(got.body, first.body, "{what}");
+        assert_eq!(up.count(&pq), 2, "{what}");
+    }
+    assert_eq!(
+        b.metric(r#"augur_l2_rejected_total{reason="mac"}"#).await,
+        4.0
+    );
+}
+
+/// Bytes Redis has sent to its clients so far (`INFO stats`).
+fn output_bytes(redis: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query(&mut redis.conn())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("total_net_output_bytes in INFO stats")
+}
+
+/// Without a secret the tier is not authenticated, but a value that passes the (public) MAC
+/// is still bounded: a forged header count is a miss, never a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_tier_still_bounds_values() {
+    let redis = RedisServer::start();
+    let up = TestUpstream::start().await;
+    let pq = format!("/bounded?{CACHED}");
+    let section = unauthenticated_section(&redis.url(), "");
+    let (a, b, first, key) = one_shared_entry(&redis, &up, &section, &pq).await;
+    // The crash value's payload (a header count of 30000) under a valid unkeyed MAC.
+    let v2 = old_style_crash_value();
+    let mut payload = v2[..v2.len() - 16].to_vec();
+    payload[4] = 3;
+    set_value(&redis, &key, &Seal::new(None).seal(&key, &payload));
+
+    let got = fetch(&b, &pq).await;
+    assert_eq!((got.status.as_u16(), got.x_cache()), (200, "MISS"));
+    assert_eq!(got.body, first.body);
+    assert_eq!(
+        b.metric(r#"augur_l2_rejected_total{reason="bounds"}"#)
+            .await,
+        1.0
+    );
+
+    // A value over max_entry_size (1 MiB) is not read whole, and is a miss.
+    let big = format!("/big?{CACHED}");
+    let before = keys(&redis);
+    fetch(&a, &big).await;
+    let key = key_of(&redis, &before).await;
+    set_value(&redis, &key, &vec![b'x'; 3 << 20]);
+    let sent_before = output_bytes(&redis);
+    let got = fetch(&b, &big).await;
+    assert_eq!((got.status.as_u16(), got.x_cache()), (200, "MISS"));
+    let sent = output_bytes(&redis) - sent_before;
+    assert!(sent < 2 << 20, "Redis sent {sent} bytes for a 3 MiB value");
+    assert_eq!(
+        b.metric(r#"augur_l2_rejected_total{reason="bounds"}"#)
+            .await,
+        2.0
+    );
+    assert_eq!(fetch(&b, &format!("/alive?{CACHED}")).await.status, 200);
+}
+
+/// `PUBLISH <prefix>invalidate all` from anyone who can reach Redis no longer clears L1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_invalidation_does_not_clear_l1() {
+    let redis = RedisServer::start();
+    let up = TestUpstream::start().await;
+    let (a, b) = two_instances(&redis, &up).await;
+    subscribed(&mut redis.conn(), 2).await;
+    let (x, y) = (format!("/x?{CACHED}"), format!("/y?{CACHED}"));
+    fetch(&b, &x).await;
+    fetch(&b, &y).await;
+    assert_eq!(entries(&b).await, 2);
+
+    let _: u64 = redis::cmd("PUBLISH")
+        .arg(format!("{PREFIX}invalidate"))
+        .arg("all")
+        .query(&mut redis.conn())
+        .unwrap();
+    // A real purge through A, published after the forged message on the same channel: once B
+    // has applied it, B has seen the forged one too.
+    let purged = post(&a.purge_url(&format!("http://{HOST}{y}"))).await;
+    assert_eq!(purged.status, 200, "{:?}", purged.body);
+    eventually(
+        Duration::from_secs(5),
+        "B applies the real purge",
+        || async { entries(&b).await < 2 },
+    )
+    .await;
+    assert_eq!(entries(&b).await, 1, "the forged \"all\" cleared L1");
+    assert_eq!(fetch(&b, &x).await.x_cache(), "HIT");
+    assert_eq!(b.metric("augur_l2_invalidations_rejected_total").await, 1.0);
+}
+
+/// A hung Redis (SIGSTOP) silently ends pub/sub delivery: the heartbeat notices, L1 is
+/// cleared, the loss is counted and `/readyz` says degraded; thawed, it resubscribes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_subscription_is_detected() {
+    let redis = RedisServer::start();
+    let up = TestUpstream::start().await;
+    let heartbeat = "pubsub_heartbeat = \"300ms\"";
+    let proxy = TestProxy::start(config(up.addr, &redis_section(&redis.url(), heartbeat))).await;
+    l2_ready(&proxy).await;
+    subscribed(&mut redis.conn(), 1).await;
+    fetch(&proxy, &format!("/kept?{CACHED}")).await;
+    assert_eq!(entries(&proxy).await, 1);
+
+    redis.freeze(true);
+    // Heartbeat (300 ms) plus connect_timeout (1 s), on a loaded machine.
+    let detected = common::poll(Duration::from_secs(10), || async {
+        proxy.metric("augur_l2_subscription_lost_total").await >= 1.0
+    })
+    .await;
+    let ready = get(&proxy.admin_url("/readyz")).await.json();
+    let cleared = entries(&proxy).await;
+    redis.freeze(false);
+    assert!(detected, "no loss detected within 10 s");
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert_eq!(cleared, 0, "L1 cleared on detection");
+    l2_ready(&proxy).await;
 }

@@ -7,14 +7,24 @@
 //! is made (and, for a single node, remade by the `redis` crate's connection manager) in the
 //! background, so Augur starts and serves from L1 while Redis is down.
 //!
-//! Values are [`Entry::encode`]'s versioned, checksummed form under `<prefix><hex key>`. A value
-//! that does not decode, verify or is no longer fresh is a miss (and is overwritten by the
-//! refetch's write-behind): never served, never an error for the client.
+//! Redis is also untrusted input: anyone who can write to it wrote what a GET returns. Values are
+//! [`Entry::seal`]'s versioned form under `<prefix><hex key>`, sealed with a keyed MAC
+//! (`[redis] secret_file` / `AUGUR_REDIS_SECRET`) over the Redis key and the value. A GET reads
+//! at most `max_entry_size` bytes (`GETRANGE`, so a huge value is never pulled into memory),
+//! and a value that is too large, fails the MAC, declares more than the limits allow, does not
+//! decode, or is no longer fresh is a miss (overwritten by the refetch's write-behind), counted
+//! in `augur_l2_rejected_total{reason}`: never served, never an error for the client, never a
+//! panic.
 //!
-//! Invalidation: a purge deletes the key in Redis and publishes it on `<prefix>invalidate`; every
-//! instance (this one included) drops it from its L1 on receipt. A subscriber that lost its
-//! connection may have missed messages, so on resubscribing it clears its L1.
+//! Invalidation: a purge deletes the key in Redis and publishes it, sealed to the channel, on
+//! `<prefix>invalidate`; every instance (this one included) drops it from its L1 on receipt, and
+//! ignores (and counts) a message without a valid MAC. The subscription is PINGed every
+//! `pubsub_heartbeat`: a silent connection (a NAT that dropped the flow, a hung Redis) is
+//! detected within the heartbeat plus `connect_timeout`. A lost subscription may have missed
+//! messages, so L1 is cleared when the loss is detected and again on resubscribing, and
+//! `/readyz` reports degraded in between.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +36,7 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, RedisResult, TlsCertificates};
 
-use super::entry::{CodecError, Entry};
+use super::entry::{CodecError, Entry, Limits, Seal, MAX_HEADERS};
 use crate::config::{RedisConfig, RedisTarget};
 use crate::key::CacheKey;
 use crate::metrics::L2Metrics;
@@ -39,15 +49,21 @@ pub enum Invalidation {
 }
 
 impl Invalidation {
-    fn encode(self) -> String {
-        match self {
+    /// The message, sealed to `channel`.
+    fn encode(self, seal: &Seal, channel: &str) -> Bytes {
+        let text = match self {
             Invalidation::Key(k) => format!("key:{}", k.to_hex()),
             Invalidation::All => "all".to_owned(),
-        }
+        };
+        seal.seal(channel.as_bytes(), text.as_bytes())
     }
 
-    fn decode(payload: &[u8]) -> Option<Invalidation> {
-        let text = std::str::from_utf8(payload).ok()?;
+    /// `None` for anything but a message sealed to `channel` with this instance's key.
+    fn decode(message: &[u8], seal: &Seal, channel: &str) -> Option<Invalidation> {
+        let payload = seal
+            .open(channel.as_bytes(), &Bytes::copy_from_slice(message))
+            .ok()?;
+        let text = std::str::from_utf8(&payload).ok()?;
         if text == "all" {
             return Some(Invalidation::All);
         }
@@ -64,11 +80,17 @@ pub enum Refused {
     Stale,
 }
 
-/// The L2 hit path's pure part: decode, verify, and check that at `now` the entry is fresh or
-/// within a window where a stale copy may still serve (the caller's `policy::usable` decides
-/// which, for its request).
-pub fn decode_usable(data: &Bytes, now: u64) -> Result<Entry, Refused> {
-    let entry = Entry::decode(data).map_err(Refused::Corrupt)?;
+/// The L2 hit path's pure part: bound, verify against `name` (the Redis key), decode, and check
+/// that at `now` the entry is fresh or within a window where a stale copy may still serve (the
+/// caller's `policy::usable` decides which, for its request).
+pub fn decode_usable(
+    data: &Bytes,
+    seal: &Seal,
+    name: &str,
+    limits: Limits,
+    now: u64,
+) -> Result<Entry, Refused> {
+    let entry = Entry::open(data, seal, name.as_bytes(), limits).map_err(Refused::Corrupt)?;
     if entry.keep_ms(now) == 0 {
         return Err(Refused::Stale);
     }
@@ -96,13 +118,15 @@ impl Conn {
 pub struct L2Health {
     pub connected: bool,
     pub breaker: &'static str,
-    /// The last error, while not connected or while the breaker is not closed.
+    /// Subscribed to invalidations, and the subscription answers its heartbeat.
+    pub subscribed: bool,
+    /// The last error, while not connected, the breaker is not closed, or not subscribed.
     pub reason: Option<String>,
 }
 
 impl L2Health {
     pub fn degraded(&self) -> bool {
-        !self.connected || self.breaker != "closed"
+        !self.connected || self.breaker != "closed" || !self.subscribed
     }
 }
 
@@ -113,11 +137,16 @@ pub struct L2 {
     channel: String,
     timeout: Duration,
     connect_timeout: Duration,
-    max_entry_size: u64,
+    heartbeat: Duration,
+    limits: Limits,
+    seal: Seal,
     ca_pem: Option<Vec<u8>>,
     conn: RwLock<Option<Conn>>,
     breaker: Breaker,
     last_error: Mutex<Option<String>>,
+    subscribed: AtomicBool,
+    /// Why there is no subscription (while `subscribed` is false).
+    sub_error: Mutex<Option<String>>,
     metrics: L2Metrics,
 }
 
@@ -125,17 +154,27 @@ impl L2 {
     pub fn new(cfg: &RedisConfig, metrics: L2Metrics) -> L2 {
         metrics.connected.set(0.0);
         metrics.breaker_state.set(0.0);
+        if let Some(warning) = cfg.unauthenticated_warning() {
+            tracing::warn!("{warning}");
+        }
         L2 {
             target: cfg.target.clone(),
             prefix: cfg.key_prefix.clone(),
             channel: format!("{}invalidate", cfg.key_prefix),
             timeout: cfg.timeout,
             connect_timeout: cfg.connect_timeout,
-            max_entry_size: cfg.max_entry_size,
+            heartbeat: cfg.pubsub_heartbeat,
+            limits: Limits {
+                max_value: cfg.max_entry_size,
+                max_body: cfg.max_body_size,
+            },
+            seal: Seal::new(cfg.secret.as_ref().map(|s| s.expose())),
             ca_pem: cfg.ca_pem.clone(),
             conn: RwLock::new(None),
             breaker: Breaker::new(cfg.breaker_errors, cfg.breaker_cooldown),
             last_error: Mutex::new(Some("connecting".to_owned())),
+            subscribed: AtomicBool::new(false),
+            sub_error: Mutex::new(Some("subscribing to invalidations".to_owned())),
             metrics,
         }
     }
@@ -165,13 +204,16 @@ impl L2 {
             return None;
         };
         let started = Instant::now();
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(self.redis_key(key));
-        let got = tokio::time::timeout(self.timeout, conn.query::<Option<Vec<u8>>>(&cmd)).await;
+        let name = self.redis_key(key);
+        // GETRANGE, not GET: at most one byte past the limit comes over the wire, however
+        // large a value someone stored (Redis allows 512 MiB). A missing key reads as empty.
+        let mut cmd = redis::cmd("GETRANGE");
+        cmd.arg(&name).arg(0).arg(self.limits.max_value);
+        let got = tokio::time::timeout(self.timeout, conn.query::<Vec<u8>>(&cmd)).await;
         m.get_duration.record(started.elapsed().as_secs_f64());
         let data = match got {
-            Ok(Ok(Some(v))) => Bytes::from(v),
-            Ok(Ok(None)) => {
+            Ok(Ok(v)) if !v.is_empty() => Bytes::from(v),
+            Ok(Ok(_)) => {
                 self.breaker.success(m);
                 m.get_miss.increment(1);
                 return None;
@@ -188,7 +230,7 @@ impl L2 {
             }
         };
         self.breaker.success(m);
-        match decode_usable(&data, now()) {
+        match decode_usable(&data, &self.seal, &name, self.limits, now()) {
             Ok(entry) => {
                 m.get_hit.increment(1);
                 Some(entry)
@@ -198,8 +240,15 @@ impl L2 {
                 None
             }
             Err(Refused::Corrupt(e)) => {
-                tracing::warn!(key = %key, error = %e, "L2 value refused; refetching");
+                // A MAC failure is expected after an upgrade or a secret rotation (and is
+                // what a forger gets): counted, logged quietly so it cannot flood the log.
+                if e == CodecError::Mac {
+                    tracing::debug!(key = %key, error = %e, "L2 value refused; refetching");
+                } else {
+                    tracing::warn!(key = %key, error = %e, "L2 value refused; refetching");
+                }
                 m.get_corrupt.increment(1);
+                m.rejected(e.reason()).increment(1);
                 None
             }
         }
@@ -221,17 +270,20 @@ impl L2 {
                 m.set_skipped.increment(1);
                 return;
             };
-            let value = entry.encode();
-            if value.len() as u64 > this.max_entry_size {
+            // Never write what a reader refuses.
+            if entry.headers.len() > MAX_HEADERS {
+                m.set_too_large.increment(1);
+                return;
+            }
+            let name = this.redis_key(&key);
+            let value = entry.seal(&this.seal, name.as_bytes());
+            if value.len() as u64 > this.limits.max_value {
                 m.set_too_large.increment(1);
                 return;
             }
             // Built in place: `.clone()` of a built command would copy the encoded entry again.
             let mut cmd = redis::cmd("SET");
-            cmd.arg(this.redis_key(&key))
-                .arg(value.as_ref())
-                .arg("PX")
-                .arg(ttl_ms);
+            cmd.arg(name).arg(value.as_ref()).arg("PX").arg(ttl_ms);
             let started = Instant::now();
             let done = tokio::time::timeout(this.timeout, conn.query::<()>(&cmd)).await;
             m.set_duration.record(started.elapsed().as_secs_f64());
@@ -331,13 +383,16 @@ impl L2 {
     pub fn health(&self) -> L2Health {
         let connected = self.conn.read().is_some();
         let breaker = self.breaker.state_name();
-        let reason = match (connected, breaker) {
-            (true, "closed") => None,
+        let subscribed = self.subscribed.load(Ordering::Relaxed);
+        let reason = match (connected, breaker, subscribed) {
+            (true, "closed", true) => None,
+            (true, "closed", false) => self.sub_error.lock().clone(),
             _ => self.last_error.lock().clone(),
         };
         L2Health {
             connected,
             breaker,
+            subscribed,
             reason,
         }
     }
@@ -373,7 +428,7 @@ impl L2 {
     async fn publish(&self, conn: &Conn, what: Invalidation) -> Result<(), String> {
         let cmd = redis::cmd("PUBLISH")
             .arg(&self.channel)
-            .arg(what.encode())
+            .arg(what.encode(&self.seal, &self.channel).as_ref())
             .clone();
         self.admin_op::<u64>(conn, &cmd).await.map(|_| ())
     }
@@ -496,33 +551,77 @@ impl L2 {
         let mut lost = false;
         loop {
             match self.open_pubsub().await {
-                Ok(mut ps) => {
+                Ok(ps) => {
                     if lost {
                         // Messages sent while unsubscribed are gone: forget what may be purged.
                         tracing::info!("resubscribed to invalidations; clearing L1");
                         apply(Invalidation::All);
                     }
+                    self.subscribed.store(true, Ordering::Relaxed);
                     backoff = Backoff::new();
-                    let mut messages = ps.on_message();
-                    while let Some(msg) = messages.next().await {
-                        match Invalidation::decode(msg.get_payload_bytes()) {
-                            Some(what) => {
-                                self.metrics.invalidations.increment(1);
-                                apply(what);
-                            }
-                            None => tracing::debug!("ignored a foreign invalidation message"),
-                        }
-                    }
-                    tracing::warn!("lost the Redis invalidation subscription; resubscribing");
+                    let why = self.listen(ps, apply.as_ref()).await;
+                    tracing::warn!(
+                        reason = why,
+                        "lost the Redis invalidation subscription; clearing L1 and resubscribing"
+                    );
+                    self.metrics.subscription_lost.increment(1);
+                    *self.sub_error.lock() = Some(format!("invalidation subscription lost: {why}"));
+                    self.subscribed.store(false, Ordering::Relaxed);
+                    // Purges may have gone missing while it was dying: forget now, so that
+                    // what L1 serves during the outage is no older than its detection.
+                    apply(Invalidation::All);
                 }
                 Err(e) => {
                     if backoff.attempts == 0 {
                         tracing::debug!(error = %e, "cannot subscribe to invalidations yet");
                     }
+                    if lost {
+                        *self.sub_error.lock() = Some(format!("cannot resubscribe: {e}"));
+                    }
                 }
             }
             lost = true;
             tokio::time::sleep(backoff.next()).await;
+        }
+    }
+
+    /// Apply messages until the subscription ends or misses a heartbeat; returns why it ended.
+    async fn listen(
+        &self,
+        ps: redis::aio::PubSub,
+        apply: &(dyn Fn(Invalidation) + Send + Sync),
+    ) -> String {
+        let (mut sink, mut messages) = ps.split();
+        let mut heartbeat = tokio::time::interval(self.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await; // the first tick is immediate: just subscribed
+        loop {
+            tokio::select! {
+                msg = messages.next() => {
+                    let Some(msg) = msg else {
+                        return "connection closed".to_owned();
+                    };
+                    match Invalidation::decode(msg.get_payload_bytes(), &self.seal, &self.channel) {
+                        Some(what) => {
+                            self.metrics.invalidations.increment(1);
+                            apply(what);
+                        }
+                        None => {
+                            self.metrics.invalidations_rejected.increment(1);
+                            tracing::debug!("ignored an invalidation message without a valid MAC");
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    // No traffic is not proof of life: a dropped flow delivers nothing, silently.
+                    let ping = sink.ping::<redis::Value>();
+                    match tokio::time::timeout(self.connect_timeout, ping).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return format!("heartbeat PING failed: {e}"),
+                        Err(_) => return "no answer to the heartbeat PING".to_owned(),
+                    }
+                }
+            }
         }
     }
 }
@@ -678,11 +777,21 @@ mod tests {
     #[test]
     fn invalidation_messages_round_trip() {
         let k = CacheKey([7; 16]);
+        let seal = Seal::new(Some(b"sixteen bytes at least, yes"));
+        let ch = "augur:invalidate";
         for what in [Invalidation::Key(k), Invalidation::All] {
-            assert_eq!(Invalidation::decode(what.encode().as_bytes()), Some(what));
+            let msg = what.encode(&seal, ch);
+            assert_eq!(Invalidation::decode(&msg, &seal, ch), Some(what));
+            assert_eq!(Invalidation::decode(&msg, &seal, "other:invalidate"), None);
+            let other = Seal::new(Some(b"another secret of enough length"));
+            assert_eq!(Invalidation::decode(&msg, &other, ch), None);
         }
-        assert_eq!(Invalidation::decode(b"key:zz"), None);
-        assert_eq!(Invalidation::decode(b"\xff"), None);
+        // Unsealed, as anyone could PUBLISH them.
+        assert_eq!(Invalidation::decode(b"all", &seal, ch), None);
+        assert_eq!(Invalidation::decode(b"all", &Seal::new(None), ch), None);
+        let garbage = seal.seal(ch.as_bytes(), b"key:zz");
+        assert_eq!(Invalidation::decode(&garbage, &seal, ch), None);
+        assert_eq!(Invalidation::decode(b"\xff", &seal, ch), None);
     }
 
     #[test]

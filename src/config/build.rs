@@ -17,7 +17,7 @@ use super::span::Doc;
 use super::units::{log_level, Human, RedisUrl, ValueOr};
 use super::{
     CacheConfig, CacheMode, Config, ConfigError, PrefetchConfig, QueryKey, RedisConfig,
-    RedisTarget, RouteConfig, ServerConfig, UpstreamDefaults,
+    RedisSecret, RedisTarget, RouteConfig, ServerConfig, UpstreamDefaults,
 };
 
 pub(super) fn build(doc: &Doc, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -27,7 +27,7 @@ pub(super) fn build(doc: &Doc, raw: RawConfig) -> Result<Config, ConfigError> {
     let prefetch = build_prefetch(doc, raw.prefetch)?;
     let routes = build_routes(doc, raw.route, &upstream, &cache)?;
     let redis = match raw.redis {
-        Some(r) => Some(build_redis(doc, r)?),
+        Some(r) => Some(build_redis(doc, r, cache.max_entry_size)?),
         None => None,
     };
     Ok(Config {
@@ -138,10 +138,20 @@ fn build_routes(
     Ok(routes)
 }
 
-fn build_redis(doc: &Doc, r: RawRedis) -> Result<RedisConfig, ConfigError> {
+fn build_redis(doc: &Doc, r: RawRedis, max_body_size: u64) -> Result<RedisConfig, ConfigError> {
     let target = redis_target(doc, r.url, r.cluster)?;
     let ca_pem = match r.ca_file {
         Some(path) => Some(read_ca_file(doc, &path)?),
+        None => None,
+    };
+    if r.secret.is_some() {
+        return Err(doc.err(
+            "redis.secret",
+            "a secret is never written inline (put it in a file named by redis.secret_file, or in AUGUR_REDIS_SECRET)",
+        ));
+    }
+    let secret = match r.secret_file {
+        Some(path) => Some(read_secret_file(doc, &path)?),
         None => None,
     };
     let d = RedisConfig::defaults(target);
@@ -153,8 +163,22 @@ fn build_redis(doc: &Doc, r: RawRedis) -> Result<RedisConfig, ConfigError> {
         breaker_errors: r.breaker_errors.unwrap_or(d.breaker_errors),
         breaker_cooldown: r.breaker_cooldown.value_or(d.breaker_cooldown),
         ca_pem,
+        secret,
+        pubsub_heartbeat: r.pubsub_heartbeat.value_or(d.pubsub_heartbeat),
+        max_body_size,
         target: d.target,
     })
+}
+
+/// `redis.secret_file`, read at load time. Errors name the file, never its contents.
+fn read_secret_file(doc: &Doc, path: &str) -> Result<RedisSecret, ConfigError> {
+    let raw = std::fs::read(path).map_err(|e| {
+        doc.err(
+            "redis.secret_file",
+            format!("cannot read {path:?}: {e} (a file holding at least 16 bytes of secret)"),
+        )
+    })?;
+    RedisSecret::new(&raw).map_err(|m| doc.err("redis.secret_file", format!("{path:?}: {m}")))
 }
 
 /// Exactly one of `url` / `cluster`; cluster nodes over TCP only.

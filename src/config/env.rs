@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::units::{fmt_size, log_level, parse_size, HumanUnit, RedisUrl};
-use super::{Config, ConfigError, LogFormat, RedisConfig, RedisTarget, MIB};
+use super::{Config, ConfigError, LogFormat, RedisConfig, RedisSecret, RedisTarget, MIB};
 
 /// `server.worker_threads` above this is refused (file and `AUGUR_WORKER_THREADS`).
 const MAX_WORKER_THREADS: usize = 1024;
@@ -26,6 +26,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("AUGUR_CACHE_MAX_ENTRY_SIZE", "cache.max_entry_size"),
     ("AUGUR_CACHE_DEFAULT_TTL", "cache.default_ttl"),
     ("AUGUR_REDIS_URL", "redis.url"),
+    ("AUGUR_REDIS_SECRET", "redis.secret_file"),
     ("AUGUR_UPSTREAM_TIMEOUT", "upstream.timeout"),
     ("AUGUR_UPSTREAM_CONNECT_TIMEOUT", "upstream.connect_timeout"),
 ];
@@ -116,6 +117,7 @@ fn check_redis(r: &RedisConfig) -> Result<(), Violation> {
         ("redis.timeout", r.timeout),
         ("redis.connect_timeout", r.connect_timeout),
         ("redis.breaker_cooldown", r.breaker_cooldown),
+        ("redis.pubsub_heartbeat", r.pubsub_heartbeat),
     ] {
         if d.is_zero() {
             return v(path, "must be greater than 0s");
@@ -145,6 +147,9 @@ impl Config {
         vars: impl Iterator<Item = (String, String)>,
     ) -> Result<(), ConfigError> {
         let mut applied: Vec<(&'static str, &'static str)> = Vec::new();
+        // The secret last: AUGUR_REDIS_URL may be what creates the [redis] it goes into.
+        let mut vars: Vec<(String, String)> = vars.collect();
+        vars.sort_by_key(|(k, _)| k == "AUGUR_REDIS_SECRET");
         for (key, value) in vars {
             let Some(&(name, field)) = ENV_VARS.iter().find(|(n, _)| *n == key) else {
                 continue;
@@ -152,6 +157,11 @@ impl Config {
             self.set_env(name, &value)
                 .map_err(|msg| ConfigError(format!("{name}: {msg}")))?;
             applied.push((name, field));
+        }
+        // Derived from the cache's limit, which an override may have changed.
+        let max_body_size = self.cache.max_entry_size;
+        if let Some(r) = &mut self.redis {
+            r.max_body_size = max_body_size;
         }
         check_limits(self).map_err(|v| {
             let var_for = |f: &str| {
@@ -188,6 +198,13 @@ impl Config {
                 match &mut self.redis {
                     Some(r) => r.target = target,
                     None => self.redis = Some(RedisConfig::defaults(target)),
+                }
+            }
+            // Ignored without a [redis] (nothing to authenticate). Never echoed.
+            "AUGUR_REDIS_SECRET" => {
+                let secret = RedisSecret::new(value.as_bytes())?;
+                if let Some(r) = &mut self.redis {
+                    r.secret = Some(secret);
                 }
             }
             "AUGUR_UPSTREAM_TIMEOUT" => {

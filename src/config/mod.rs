@@ -138,6 +138,48 @@ pub struct RedisConfig {
     /// PEM certificates that verify a `rediss://` server (read at load time); `None` = the
     /// system's trust store.
     pub ca_pem: Option<Vec<u8>>,
+    /// Keys the MAC over every value and invalidation message (`secret_file`, or
+    /// `AUGUR_REDIS_SECRET`); `None` = values are bounds-checked but not authenticated.
+    pub secret: Option<RedisSecret>,
+    /// How often the invalidation subscription is PINGed; no answer within `connect_timeout`
+    /// means it is lost.
+    pub pubsub_heartbeat: Duration,
+    /// The largest decoded body a value from Redis may declare: `cache.max_entry_size`, copied
+    /// here at load (no stored body is larger), not a key of its own.
+    pub max_body_size: u64,
+}
+
+/// The `[redis]` secret. Never printed: `Debug` shows its length only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisSecret(Vec<u8>);
+
+impl RedisSecret {
+    /// Shorter secrets are refused: 16 bytes is the least that a guess cannot find.
+    pub const MIN_LEN: usize = 16;
+
+    /// The secret in `raw` without surrounding whitespace (a file's trailing newline), or why
+    /// it is refused. The message never contains the secret.
+    pub(crate) fn new(raw: &[u8]) -> Result<RedisSecret, String> {
+        let s = raw.trim_ascii();
+        if s.len() < Self::MIN_LEN {
+            return Err(format!(
+                "the secret is {} bytes, fewer than {} (generate one, e.g. `openssl rand -hex 32`)",
+                s.len(),
+                Self::MIN_LEN
+            ));
+        }
+        Ok(RedisSecret(s.to_vec()))
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RedisSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisSecret({} bytes)", self.0.len())
+    }
 }
 
 /// Where the second tier lives. URLs are checked by the `redis` crate's own parser.
@@ -160,6 +202,20 @@ impl RedisConfig {
             breaker_errors: 5,
             breaker_cooldown: Duration::from_secs(1),
             ca_pem: None,
+            secret: None,
+            pubsub_heartbeat: Duration::from_secs(5),
+            max_body_size: CacheConfig::default().max_entry_size,
+        }
+    }
+
+    /// What `augur check` prints and the proxy logs at start when values are not
+    /// authenticated.
+    pub fn unauthenticated_warning(&self) -> Option<&'static str> {
+        match self.secret {
+            Some(_) => None,
+            None => Some(
+                "[redis] has no secret (set redis.secret_file or AUGUR_REDIS_SECRET): L2 values and invalidation messages are bounds-checked but NOT authenticated; anyone who can write to this Redis can poison cached responses and clear every instance's cache",
+            ),
         }
     }
 }

@@ -146,6 +146,15 @@ pub(super) struct RawRedis {
     /// PEM file of the CA(s) that sign the Redis server's certificate, for `rediss://` with a
     /// private CA. Default: the system's trust store.
     pub(super) ca_file: Option<String>,
+    /// File holding the secret (at least 16 bytes; surrounding whitespace ignored) that keys
+    /// the MAC over values and invalidations. Default: none (`AUGUR_REDIS_SECRET` may set it;
+    /// without either, values are not authenticated and `augur check` warns).
+    pub(super) secret_file: Option<String>,
+    /// Refused: a secret inline in the TOML ends up in repositories and logs (use
+    /// `secret_file` or `AUGUR_REDIS_SECRET`). Its value is never read.
+    pub(super) secret: Option<serde::de::IgnoredAny>,
+    /// How often the invalidation subscription is PINGed. Default `"5s"`, above 0.
+    pub(super) pubsub_heartbeat: Option<Human<Duration>>,
 }
 
 /// `[prefetch]`

@@ -321,12 +321,15 @@ impl HumanUnit for RedisUrl {
 
 /// `url` with the password of its userinfo (`user:password@`, or a lone `secret@`) replaced by
 /// `***`, for error messages.
+///
+/// Everything up to the *last* `@` counts as userinfo: a password with an unencoded `/`, `?`
+/// or `#` would otherwise end the authority early and be printed. An `@` later in a path or
+/// query over-redacts, which is the safe way to be wrong.
 pub(super) fn redact_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
+    let Some(at) = rest.rfind('@') else {
         return url.to_owned();
     };
     let user = match rest[..at].split_once(':') {
@@ -359,6 +362,21 @@ mod tests {
         assert!(!err.contains("s3cret"), "{err}");
         let err = RedisUrl::parse("http://app:s3cret@h").err().unwrap();
         assert!(!err.contains("s3cret"), "{err}");
+        // Review L2: an unencoded `/`, `?` or `#` in the password ended the authority early.
+        for (url, redacted) in [
+            (
+                "redis://app:s3c/ret@redis.internal:6379/0",
+                "redis://app:***@redis.internal:6379/0",
+            ),
+            ("redis://app:s3c?ret@h:6379", "redis://app:***@h:6379"),
+            ("redis://app:s3c#ret@h:6379", "redis://app:***@h:6379"),
+            ("redis://s3c/r?e#t@h", "redis://***@h"),
+            ("redis://app:p@ss/w@h/0", "redis://app:***@h/0"),
+        ] {
+            assert_eq!(redact_password(url), redacted);
+            let err = RedisUrl::parse(url).err().unwrap_or_default();
+            assert!(!err.contains("s3c") && !err.contains("ss/w"), "{err}");
+        }
     }
 
     #[test]
