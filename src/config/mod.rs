@@ -20,6 +20,7 @@ mod units;
 mod raw;
 mod build;
 mod env;
+mod admin;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -30,6 +31,7 @@ use http::{HeaderName, Method, Uri};
 use raw::RawConfig;
 use span::{Doc, SpanIndex};
 
+pub use admin::{AdminConfig, AdminTokens, Scope};
 pub use env::ENV_VARS;
 
 // ───────────────────────────── validated types (the contract) ─────────────────────────────
@@ -43,6 +45,7 @@ pub struct Config {
     /// `None` = no `[redis]` section: no second tier, Augur runs on L1 alone.
     pub redis: Option<RedisConfig>,
     pub prefetch: PrefetchConfig,
+    pub admin: AdminConfig,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -50,6 +53,8 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// `None` = `/metrics` and the health endpoints are served on `admin_listen` only.
+    pub metrics_listen: Option<SocketAddr>,
     /// 0 = one per core; 1 = a current-thread runtime.
     pub worker_threads: usize,
     pub header_read_timeout: Duration,
@@ -260,6 +265,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            metrics_listen: None,
             worker_threads: 0,
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
