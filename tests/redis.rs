@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use augur::cache::entry::Entry;
 use augur::clock::Clock;
 use bytes::Bytes;
-use common::{config, eventually, get, post, until, TestProxy, TestUpstream, CACHED};
+use common::{
+    admin_get, admin_post, config, eventually, get, until, TestProxy, TestUpstream, CACHED,
+};
 use redis_server::{RedisCluster, RedisServer};
 
 const PREFIX: &str = "augur-test:";
@@ -76,7 +78,7 @@ async fn l2_ready(proxy: &TestProxy) {
 }
 
 async fn entries(proxy: &TestProxy) -> u64 {
-    let got = get(&proxy.admin_url("/cache")).await;
+    let got = admin_get(&proxy.admin_url("/cache")).await;
     got.json()["entries"].as_u64().unwrap()
 }
 
@@ -242,7 +244,7 @@ async fn purge_on_one_instance_reaches_the_other() {
     assert_eq!(fetch(&b, &pq).await.x_cache(), "HIT");
     assert_eq!(entries(&b).await, 1);
 
-    let purged = post(&a.purge_url(&format!("http://{HOST}{pq}"))).await;
+    let purged = admin_post(&a.purge_url(&format!("http://{HOST}{pq}"))).await;
     assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
     assert!(keys(&redis).is_empty(), "gone from Redis");
     eventually(Duration::from_secs(2), "B drops it from L1", || async {
@@ -256,7 +258,7 @@ async fn purge_on_one_instance_reaches_the_other() {
     fetch(&a, &format!("/q?{CACHED}")).await;
     written(&redis, 2).await;
     assert_eq!(fetch(&b, &format!("/q?{CACHED}")).await.x_cache(), "HIT");
-    assert_eq!(post(&b.admin_url("/purge/all")).await.status, 200);
+    assert_eq!(admin_post(&b.admin_url("/purge/all")).await.status, 200);
     assert!(keys(&redis).is_empty());
     eventually(Duration::from_secs(2), "A clears its L1", || async {
         entries(&a).await == 0
@@ -295,7 +297,7 @@ async fn variants_stay_local_and_a_purge_drops_them_fleet_wide() {
         "nothing varying is written to Redis"
     );
 
-    let purged = post(&a.purge_url(&format!("http://{HOST}{pq}"))).await;
+    let purged = admin_post(&a.purge_url(&format!("http://{HOST}{pq}"))).await;
     assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
     eventually(Duration::from_secs(2), "B drops its variants", || async {
         entries(&b).await == 0
@@ -556,7 +558,7 @@ async fn cluster_spreads_keys_shares_and_purges() {
 
     // Purge through A reaches Redis and B's L1.
     let pq = format!("/k/0?{CACHED}");
-    let purged = post(&a.purge_url(&format!("http://{HOST}{pq}"))).await;
+    let purged = admin_post(&a.purge_url(&format!("http://{HOST}{pq}"))).await;
     assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
     eventually(Duration::from_secs(3), "B drops it", || async {
         entries(&b).await == (n - 1) as u64
@@ -569,7 +571,7 @@ async fn cluster_spreads_keys_shares_and_purges() {
         || async { cluster.keys_per_node().iter().sum::<usize>() == n },
     )
     .await;
-    assert_eq!(post(&a.admin_url("/purge/all")).await.status, 200);
+    assert_eq!(admin_post(&a.admin_url("/purge/all")).await.status, 200);
     assert_eq!(cluster.keys_per_node().iter().sum::<usize>(), 0);
     eventually(Duration::from_secs(3), "B clears its L1", || async {
         entries(&b).await == 0
