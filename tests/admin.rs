@@ -1,7 +1,8 @@
 //! The admin API's guard rails, end to end over real sockets: bearer tokens and their scopes,
 //! the refusal without a token, the `Origin` refusal, the open metrics and health endpoints
 //! (on the admin listener and on `metrics_listen`), query strings redacted from
-//! `/prefetch/transitions`, and one `/purge/all` at a time against a real (frozen) Redis.
+//! `/prefetch/transitions`, one `/purge/all` at a time against a real (frozen) Redis; and the
+//! upstream's error details kept out of 502 bodies.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -286,4 +287,52 @@ async fn purge_all_runs_one_at_a_time() {
         },
     )
     .await;
+}
+
+/// L10: what went wrong inside (OS errors, internal addresses, hyper's wording) goes to the log;
+/// the client gets the stable code and a fixed message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_error_details_stay_in_the_log() {
+    // Nothing listens here: a connect error ("Connection refused (os error 111)").
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // Accepts and hangs up at once: a protocol error from the client.
+    let rude = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rude_addr = rude.local_addr().unwrap();
+    let hangups = tokio::spawn(async move {
+        for _ in 0..16 {
+            let Ok((s, _)) = rude.accept().await else {
+                return;
+            };
+            drop(s);
+        }
+    });
+    for (upstream, code, message) in [
+        (closed, "upstream_unreachable", "upstream unreachable"),
+        (rude_addr, "upstream_error", "upstream failed"),
+    ] {
+        let proxy = TestProxy::start(config(upstream, "")).await;
+        let got = get(&proxy.url("/x")).await;
+        assert_eq!(got.status, 502);
+        assert_eq!(error_code(&got), code);
+        assert_eq!(got.json()["error"]["message"], message);
+        let body = String::from_utf8_lossy(&got.body).into_owned();
+        for detail in [
+            "os error",
+            "refused",
+            "closed",
+            "127.0.0.1",
+            &upstream.port().to_string(),
+            "hyper",
+            "SendRequest",
+        ] {
+            assert!(
+                !body.contains(detail),
+                "{detail:?} reached the client: {body}"
+            );
+        }
+    }
+    hangups.abort();
 }
