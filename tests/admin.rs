@@ -27,6 +27,20 @@ async fn cached(proxy: &TestProxy, pq: &str) {
     assert_eq!(get(&proxy.url(pq)).await.x_cache(), "HIT");
 }
 
+/// An upstream and a proxy holding one fresh entry at `path`; `admin` is the `[admin]` body,
+/// `None` for the test tokens. Returns the entry's path and query.
+async fn with_entry(admin: Option<&str>, path: &str) -> (TestUpstream, TestProxy, String) {
+    let up = TestUpstream::start().await;
+    let cfg = match admin {
+        Some(admin) => config_with_admin(up.addr, admin, ""),
+        None => config(up.addr, ""),
+    };
+    let proxy = TestProxy::start(cfg).await;
+    let pq = format!("{path}?{CACHED}");
+    cached(&proxy, &pq).await;
+    (up, proxy, pq)
+}
+
 fn error_code(got: &Got) -> String {
     got.json()["error"]["code"]
         .as_str()
@@ -36,10 +50,7 @@ fn error_code(got: &Got) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_configured_the_protected_endpoints_refuse() {
-    let up = TestUpstream::start().await;
-    let proxy = TestProxy::start(config_with_admin(up.addr, "", "")).await;
-    let pq = format!("/kept?{CACHED}");
-    cached(&proxy, &pq).await;
+    let (up, proxy, pq) = with_entry(Some(""), "/kept").await;
 
     let purged = post(&proxy.purge_url(&proxy.url(&pq))).await;
     assert_eq!(purged.status, 403, "{:?}", purged.body);
@@ -66,10 +77,7 @@ async fn without_a_token_configured_the_protected_endpoints_refuse() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_and_scopes() {
-    let up = TestUpstream::start().await;
-    let proxy = TestProxy::start(config(up.addr, "")).await;
-    let pq = format!("/scoped?{CACHED}");
-    cached(&proxy, &pq).await;
+    let (up, proxy, pq) = with_entry(None, "/scoped").await;
     let purge = proxy.purge_url(&proxy.url(&pq));
 
     let none = post(&purge).await;
@@ -114,10 +122,7 @@ async fn tokens_and_scopes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_with_an_origin_is_refused_even_with_a_valid_token() {
-    let up = TestUpstream::start().await;
-    let proxy = TestProxy::start(config(up.addr, "")).await;
-    let pq = format!("/origin?{CACHED}");
-    cached(&proxy, &pq).await;
+    let (_up, proxy, pq) = with_entry(None, "/origin").await;
     let auth = bearer(PURGE_TOKEN);
     for origin in [
         "http://evil.example",

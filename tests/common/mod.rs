@@ -520,11 +520,7 @@ pub async fn get(url: &str) -> Got {
 }
 
 pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Got {
-    let mut b = Request::get(url);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    send(b.body(Full::new(Bytes::new())).unwrap()).await
+    send_with(Request::get(url), headers).await
 }
 
 pub async fn post(url: &str) -> Got {
@@ -533,7 +529,11 @@ pub async fn post(url: &str) -> Got {
 
 /// `POST url` with `headers`.
 pub async fn post_with(url: &str, headers: &[(&str, &str)]) -> Got {
-    let mut b = Request::post(url);
+    send_with(Request::post(url), headers).await
+}
+
+/// `b` with `headers` and an empty body.
+async fn send_with(mut b: http::request::Builder, headers: &[(&str, &str)]) -> Got {
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
