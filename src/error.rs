@@ -63,7 +63,17 @@ impl ProxyError {
     }
 
     pub fn to_response(&self) -> Response<Body> {
-        json_error(self.status(), self.code(), &self.to_string())
+        json_error(self.status(), self.code(), &self.public_message())
+    }
+
+    /// The message a client sees. An upstream's own error text (OS errors, internal
+    /// addresses, the HTTP client's wording) is for the log (`Display`), never the response.
+    fn public_message(&self) -> String {
+        match self {
+            ProxyError::UpstreamConnect(_) => "upstream unreachable".to_owned(),
+            ProxyError::UpstreamProtocol(_) => "upstream failed".to_owned(),
+            other => other.to_string(),
+        }
     }
 }
 

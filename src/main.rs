@@ -65,7 +65,7 @@ fn main() -> ExitCode {
                         if c.routes.len() == 1 { "" } else { "s" }
                     );
                     // Valid, but unsafe on a shared network: say so, without failing the check.
-                    if let Some(w) = c.redis.as_ref().and_then(|r| r.unauthenticated_warning()) {
+                    for w in c.warnings() {
                         eprintln!("warning: {w}");
                     }
                     ExitCode::SUCCESS

@@ -1,5 +1,5 @@
-//! `run(config, listeners, shutdown)`: accept loops for the proxy and admin listeners, and the
-//! graceful drain on shutdown.
+//! `run(config, listeners, shutdown)`: accept loops for the proxy, admin and (optional)
+//! metrics listeners, and the graceful drain on shutdown.
 //!
 //! Takes already-bound listeners (so tests bind port 0, and `main` can refuse to bind anything
 //! before the config is valid) and a shutdown future (a signal in `main`, a channel in tests).
@@ -20,16 +20,18 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::admin::Admin;
+use crate::admin::{Admin, Listener};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 
-/// The two listeners Augur serves on, bound by the caller.
+/// The listeners Augur serves on, bound by the caller.
 pub struct Listeners {
     pub proxy: TcpListener,
     pub admin: TcpListener,
+    /// `server.metrics_listen`: `/metrics` and the health endpoints only.
+    pub metrics: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -49,7 +51,17 @@ impl Listeners {
                     format!("binding admin_listen {}: {e}", config.server.admin_listen),
                 )
             })?;
-        Ok(Listeners { proxy, admin })
+        let metrics = match config.server.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("binding metrics_listen {addr}: {e}"))
+            })?),
+            None => None,
+        };
+        Ok(Listeners {
+            proxy,
+            admin,
+            metrics,
+        })
     }
 }
 
@@ -85,7 +97,12 @@ pub async fn run(
         metrics,
         ready,
     } = instance;
-    let admin = Arc::new(Admin::new(proxy.clone(), metrics.clone(), ready.clone()));
+    let admin = Arc::new(Admin::new(
+        proxy.clone(),
+        metrics.clone(),
+        ready.clone(),
+        &config.admin,
+    ));
     let background = Background::start(&proxy, metrics);
     let builder = proxy_conn_builder(&config);
     let graceful = GracefulShutdown::new();
@@ -93,9 +110,16 @@ pub async fn run(
     tracing::info!(
         listen = %listeners.proxy.local_addr()?,
         admin = %listeners.admin.local_addr()?,
+        metrics = ?listeners.metrics.as_ref().and_then(|l| l.local_addr().ok()),
+        admin_tokens = config.admin.tokens.len(),
         routes = config.routes.len(),
         "augur serving"
     );
+    if config.admin.tokens.is_empty() && !config.admin.allow_unauthenticated_loopback {
+        tracing::warn!(
+            "no [admin] token_file: /cache, /prefetch/* and /purge answer 403 until one is configured"
+        );
+    }
     ready.store(true, Ordering::Release);
     tokio::pin!(shutdown);
     loop {
@@ -106,7 +130,11 @@ pub async fn run(
             }
             accepted = listeners.admin.accept() => {
                 let Some((stream, _peer)) = accepted_or_pause(accepted).await else { continue };
-                serve_admin(&admin_graceful, &admin, stream);
+                serve_admin(&admin_graceful, &admin, stream, Listener::Admin);
+            }
+            Some(accepted) = accept_if_some(listeners.metrics.as_ref()) => {
+                let Some((stream, _peer)) = accepted_or_pause(accepted).await else { continue };
+                serve_admin(&admin_graceful, &admin, stream, Listener::Metrics);
             }
             () = &mut shutdown => break,
         }
@@ -210,12 +238,17 @@ fn serve_proxy(
     });
 }
 
-/// One admin connection: HTTP/1.1 only, a fixed head timeout.
-fn serve_admin(graceful: &GracefulShutdown, admin: &Arc<Admin>, stream: TcpStream) {
+/// One admin or metrics connection: HTTP/1.1 only, a fixed head timeout.
+fn serve_admin(
+    graceful: &GracefulShutdown,
+    admin: &Arc<Admin>,
+    stream: TcpStream,
+    listener: Listener,
+) {
     let admin = admin.clone();
     let svc = service_fn(move |req| {
         let admin = admin.clone();
-        async move { Ok::<_, Infallible>(admin.handle(req).await) }
+        async move { Ok::<_, Infallible>(admin.handle(req, listener).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -237,6 +270,16 @@ async fn drain(config: &Config, graceful: GracefulShutdown, admin_graceful: Grac
     match drained {
         Ok(()) => tracing::info!("drained; bye"),
         Err(_) => tracing::warn!("grace period over; closing the remaining connections"),
+    }
+}
+
+/// `accept` on an optional listener; never ready without one, so its `select!` arm sleeps.
+async fn accept_if_some(
+    listener: Option<&TcpListener>,
+) -> Option<std::io::Result<(TcpStream, SocketAddr)>> {
+    match listener {
+        Some(l) => Some(l.accept().await),
+        None => std::future::pending().await,
     }
 }
 

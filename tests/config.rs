@@ -264,6 +264,24 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "server.worker_threads",
         "4096 is too many",
     ),
+    (
+        "admin_token_file_missing.toml",
+        "2:14",
+        "admin.token_file",
+        "cannot read token file /nonexistent/augur/admin-tokens",
+    ),
+    (
+        "admin_token_too_short.toml",
+        "2:14",
+        "admin.token_file",
+        "admin-tokens-short.txt: line 2: the token must be 16 to 256 characters",
+    ),
+    (
+        "admin_loopback_not_loopback.toml",
+        "5:34",
+        "admin.allow_unauthenticated_loopback",
+        "needs a loopback server.admin_listen, not 0.0.0.0:9090",
+    ),
 ];
 
 #[test]
@@ -649,5 +667,68 @@ fn redis_secret_from_a_file_or_the_environment_and_never_echoed() {
         r.max_body_size,
         2 * 1024 * 1024,
         "follows cache.max_entry_size"
+    );
+}
+
+#[test]
+fn admin_tokens_from_the_file_and_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(
+        &file,
+        "purge:0123456789abcdef0123\nread:fedcba9876543210fedc\n",
+    )
+    .unwrap();
+    let c = Config::from_str(MINIMAL, "minimal.toml").unwrap();
+    assert!(c.admin.tokens.is_empty(), "no tokens by default");
+    assert!(!c.admin.allow_unauthenticated_loopback);
+    assert_eq!(c.server.metrics_listen, None);
+
+    let mut c = Config::from_str(MINIMAL, "minimal.toml").unwrap();
+    let path = file.display().to_string();
+    c.apply_env(env(&[
+        ("AUGUR_ADMIN_TOKEN_FILE", &path),
+        ("AUGUR_METRICS_LISTEN", "0.0.0.0:9091"),
+    ]))
+    .unwrap();
+    assert_eq!(c.admin.tokens.len(), 2);
+    assert_eq!(c.server.metrics_listen.unwrap().to_string(), "0.0.0.0:9091");
+    assert!(
+        !format!("{c:?}").contains("0123456789abcdef"),
+        "Debug hides tokens"
+    );
+
+    let err = Config::from_str(MINIMAL, "minimal.toml")
+        .unwrap()
+        .apply_env(env(&[("AUGUR_ADMIN_TOKEN_FILE", "/nonexistent/tokens")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("AUGUR_ADMIN_TOKEN_FILE: cannot read token file /nonexistent/tokens"),
+        "{err}"
+    );
+
+    // The loopback opt-out, then a non-loopback listener from the environment.
+    let text = format!("[admin]\nallow_unauthenticated_loopback = true\n{MINIMAL}");
+    let mut c = Config::from_str(&text, "loopback.toml").unwrap();
+    let err = c
+        .apply_env(env(&[("AUGUR_ADMIN_LISTEN", "0.0.0.0:9090")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(
+            "AUGUR_ADMIN_LISTEN: admin.allow_unauthenticated_loopback: needs a loopback"
+        ),
+        "{err}"
+    );
+    let text = format!(
+        "[admin]\nallow_unauthenticated_loopback = true\ntoken_file = \"{path}\"\n{MINIMAL}"
+    );
+    let err = Config::from_str(&text, "both.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot be combined with admin.token_file"),
+        "{err}"
     );
 }

@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{config, eventually, get, get_with, post, send, TestProxy, TestUpstream, CACHED};
+use common::{
+    admin_post, config, eventually, get, get_with, post, send, TestProxy, TestUpstream, CACHED,
+};
 use http::Request;
 use http_body_util::Full;
 
@@ -299,7 +301,7 @@ async fn admin_endpoints() {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
     // Purge by URL, then the next request is a miss.
-    let purged = post(&proxy.purge_url(&proxy.url(&pq))).await;
+    let purged = admin_post(&proxy.purge_url(&proxy.url(&pq))).await;
     assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
     assert_eq!(get(&proxy.url(&pq)).await.x_cache(), "MISS");
     assert_eq!(up.count(&pq), 2);

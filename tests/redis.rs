@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use augur::cache::entry::{Entry, Limits, Seal, StoredBody};
 use augur::clock::Clock;
 use bytes::Bytes;
-use common::{config, eventually, get, post, until, TestProxy, TestUpstream, CACHED};
+use common::{
+    admin_get, admin_post, config, eventually, get, until, TestProxy, TestUpstream, CACHED,
+};
 use redis_server::{RedisCluster, RedisServer};
 
 const PREFIX: &str = "augur-test:";
@@ -107,7 +109,7 @@ async fn l2_ready(proxy: &TestProxy) {
 }
 
 async fn entries(proxy: &TestProxy) -> u64 {
-    let got = get(&proxy.admin_url("/cache")).await;
+    let got = admin_get(&proxy.admin_url("/cache")).await;
     got.json()["entries"].as_u64().unwrap()
 }
 
@@ -302,7 +304,7 @@ async fn purge_on_one_instance_reaches_the_other() {
     assert_eq!(fetch(&b, &pq).await.x_cache(), "HIT");
     assert_eq!(entries(&b).await, 1);
 
-    let purged = post(&a.purge_url(&format!("http://{HOST}{pq}"))).await;
+    let purged = admin_post(&a.purge_url(&format!("http://{HOST}{pq}"))).await;
     assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
     assert!(keys(&redis).is_empty(), "gone from Redis");
     eventually(Duration::from_secs(2), "B drops it from L1", || async {
@@ -316,7 +318,7 @@ async fn purge_on_one_instance_reaches_the_other() {
     fetch(&a, &format!("/q?{CACHED}")).await;
     written(&redis, 2).await;
     assert_eq!(fetch(&b, &format!("/q?{CACHED}")).await.x_cache(), "HIT");
-    assert_eq!(post(&b.admin_url("/purge/all")).await.status, 200);
+    assert_eq!(admin_post(&b.admin_url("/purge/all")).await.status, 200);
     assert!(keys(&redis).is_empty());
     eventually(Duration::from_secs(2), "A clears its L1", || async {
         entries(&a).await == 0
@@ -355,7 +357,7 @@ async fn variants_stay_local_and_a_purge_drops_them_fleet_wide() {
         "nothing varying is written to Redis"
     );
 
-    let purged = post(&a.purge_url(&format!("http://{HOST}{pq}"))).await;
+    let purged = admin_post(&a.purge_url(&format!("http://{HOST}{pq}"))).await;
     assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
     eventually(Duration::from_secs(2), "B drops its variants", || async {
         entries(&b).await == 0
@@ -609,7 +611,7 @@ async fn cluster_spreads_keys_shares_and_purges() {
 
     // Purge through A reaches Redis and B's L1.
     let pq = format!("/k/0?{CACHED}");
-    let purged = post(&a.purge_url(&format!("http://{HOST}{pq}"))).await;
+    let purged = admin_post(&a.purge_url(&format!("http://{HOST}{pq}"))).await;
     assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
     eventually(Duration::from_secs(3), "B drops it", || async {
         entries(&b).await == (n - 1) as u64
@@ -622,7 +624,7 @@ async fn cluster_spreads_keys_shares_and_purges() {
         || async { cluster.keys_per_node().iter().sum::<usize>() == n },
     )
     .await;
-    assert_eq!(post(&a.admin_url("/purge/all")).await.status, 200);
+    assert_eq!(admin_post(&a.admin_url("/purge/all")).await.status, 200);
     assert_eq!(cluster.keys_per_node().iter().sum::<usize>(), 0);
     eventually(Duration::from_secs(3), "B clears its L1", || async {
         entries(&b).await == 0
@@ -809,7 +811,7 @@ async fn forged_invalidation_does_not_clear_l1() {
         .unwrap();
     // A real purge through A, published after the forged message on the same channel: once B
     // has applied it, B has seen the forged one too.
-    let purged = post(&a.purge_url(&format!("http://{HOST}{y}"))).await;
+    let purged = admin_post(&a.purge_url(&format!("http://{HOST}{y}"))).await;
     assert_eq!(purged.status, 200, "{:?}", purged.body);
     eventually(
         Duration::from_secs(5),

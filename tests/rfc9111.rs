@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use common::{config, eventually, get, get_with, post, send, Got, TestProxy, TestUpstream};
+use common::{admin_post, config, eventually, get, get_with, send, Got, TestProxy, TestUpstream};
 use http::Request;
 use http_body_util::Full;
 
@@ -706,7 +706,7 @@ async fn purge_and_unsafe_methods_drop_every_variant() {
         }
     };
     fill().await;
-    let purged = post(&proxy.purge_url(&proxy.url(&p))).await;
+    let purged = admin_post(&proxy.purge_url(&proxy.url(&p))).await;
     assert_eq!(purged.json()["purged"], true, "{:?}", purged.body);
     for l in ["en", "fr"] {
         assert_eq!(lang(&proxy, &p, &[l]).await.x_cache(), "MISS", "{l}");

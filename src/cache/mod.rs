@@ -45,6 +45,7 @@ use memory::Memory;
 pub use outcome::{CacheStatus, Fetched, Outcome, Served};
 use pass_marks::PassMarks;
 use policy::Use;
+pub use purge::PurgedAll;
 use vary::Variants;
 
 /// What one request accepts from the store.

@@ -74,13 +74,26 @@ impl Cache {
         });
     }
 
-    /// Purge everything under the key prefix in L2 and every instance's L1.
-    pub async fn invalidate_all(&self) {
-        if let Some(l2) = &self.l2 {
-            if let Err(e) = l2.invalidate_all().await {
+    /// Purge everything under the key prefix in L2 and every instance's L1, and say what went.
+    pub async fn invalidate_all(&self) -> PurgedAll {
+        let l2 = match &self.l2 {
+            Some(l2) => Some(l2.invalidate_all().await.map_err(|e| {
                 tracing::warn!(error = %e, "purge of everything did not reach Redis");
-            }
-        }
+            })),
+            None => None,
+        };
+        let l1_entries = self.entries();
         self.clear();
+        PurgedAll { l1_entries, l2 }
     }
+}
+
+/// What [`Cache::invalidate_all`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct PurgedAll {
+    /// Entries this instance dropped from L1.
+    pub l1_entries: usize,
+    /// `None` without `[redis]`; `Some(Ok(keys deleted))`, or `Some(Err(()))` when Redis was
+    /// not (fully) purged: the reason is logged, not handed out.
+    pub l2: Option<Result<u64, ()>>,
 }

@@ -12,7 +12,10 @@ use std::time::Duration;
 use http::uri::Authority;
 use http::{HeaderName, Method};
 
-use super::raw::{RawCache, RawConfig, RawPrefetch, RawRedis, RawRoute, RawServer, RawUpstream};
+use super::admin::{AdminConfig, AdminTokens};
+use super::raw::{
+    RawAdmin, RawCache, RawConfig, RawPrefetch, RawRedis, RawRoute, RawServer, RawUpstream,
+};
 use super::span::Doc;
 use super::units::{log_level, Human, RedisUrl, ValueOr};
 use super::{
@@ -25,6 +28,7 @@ pub(super) fn build(doc: &Doc, raw: RawConfig) -> Result<Config, ConfigError> {
     let upstream = build_upstream(raw.upstream);
     let cache = build_cache(doc, raw.cache)?;
     let prefetch = build_prefetch(doc, raw.prefetch)?;
+    let admin = build_admin(doc, raw.admin)?;
     let routes = build_routes(doc, raw.route, &upstream, &cache)?;
     let redis = match raw.redis {
         Some(r) => Some(build_redis(doc, r, cache.max_entry_size)?),
@@ -36,6 +40,7 @@ pub(super) fn build(doc: &Doc, raw: RawConfig) -> Result<Config, ConfigError> {
         cache,
         redis,
         prefetch,
+        admin,
         routes,
     })
 }
@@ -45,6 +50,7 @@ fn build_server(doc: &Doc, s: RawServer) -> Result<ServerConfig, ConfigError> {
     Ok(ServerConfig {
         listen: s.listen.value_or(d.listen),
         admin_listen: s.admin_listen.value_or(d.admin_listen),
+        metrics_listen: s.metrics_listen.map(|h| h.0),
         worker_threads: s.worker_threads.unwrap_or(d.worker_threads),
         header_read_timeout: s.header_read_timeout.value_or(d.header_read_timeout),
         shutdown_grace: s.shutdown_grace.value_or(d.shutdown_grace),
@@ -69,6 +75,29 @@ fn build_server(doc: &Doc, s: RawServer) -> Result<ServerConfig, ConfigError> {
             .into_iter()
             .map(|h| h.0)
             .collect(),
+    })
+}
+
+/// The token file is read here, so a missing or malformed one stops the load at its key.
+fn build_admin(doc: &Doc, a: RawAdmin) -> Result<AdminConfig, ConfigError> {
+    let (token_file, tokens) = match a.token_file {
+        None => (None, AdminTokens::default()),
+        Some(f) if f.trim().is_empty() => {
+            return Err(doc.err(
+                "admin.token_file",
+                "is empty (give the path of a file of `purge:<token>` lines, or remove the key)",
+            ))
+        }
+        Some(f) => {
+            let path = std::path::PathBuf::from(f.trim());
+            let tokens = AdminTokens::read(&path).map_err(|m| doc.err("admin.token_file", m))?;
+            (Some(path), tokens)
+        }
+    };
+    Ok(AdminConfig {
+        token_file,
+        tokens,
+        allow_unauthenticated_loopback: a.allow_unauthenticated_loopback.unwrap_or(false),
     })
 }
 

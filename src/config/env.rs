@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::admin::AdminTokens;
 use super::units::{fmt_size, log_level, parse_size, HumanUnit, RedisUrl};
 use super::{Config, ConfigError, LogFormat, RedisConfig, RedisSecret, RedisTarget, MIB};
 
@@ -19,6 +20,8 @@ const MAX_WORKER_THREADS: usize = 1024;
 pub const ENV_VARS: &[(&str, &str)] = &[
     ("AUGUR_LISTEN", "server.listen"),
     ("AUGUR_ADMIN_LISTEN", "server.admin_listen"),
+    ("AUGUR_METRICS_LISTEN", "server.metrics_listen"),
+    ("AUGUR_ADMIN_TOKEN_FILE", "admin.token_file"),
     ("AUGUR_WORKER_THREADS", "server.worker_threads"),
     ("AUGUR_LOG_LEVEL", "server.log_level"),
     ("AUGUR_LOG_FORMAT", "server.log_format"),
@@ -87,6 +90,7 @@ pub(super) fn check_limits(c: &Config) -> Result<(), Violation> {
     if let Some(r) = &c.redis {
         check_redis(r)?;
     }
+    check_admin(c)?;
     if !(1..=1024).contains(&c.cache.max_variants) {
         let msg = format!(
             "{} is out of range (1..=1024 variants per URL; 8 is a good default)",
@@ -102,6 +106,30 @@ pub(super) fn check_limits(c: &Config) -> Result<(), Violation> {
         return v("cache.compression_level", None, msg);
     }
     Ok(())
+}
+
+/// The opt-out of admin authentication holds only where no other host can connect.
+fn check_admin(c: &Config) -> Result<(), Violation> {
+    if !c.admin.allow_unauthenticated_loopback {
+        return Ok(());
+    }
+    let (related, msg) = if !c.admin.tokens.is_empty() {
+        let msg = "cannot be combined with admin.token_file (remove one: with tokens, every protected call needs one)";
+        ("admin.token_file", msg.to_owned())
+    } else if !c.server.admin_listen.ip().is_loopback() {
+        let msg = format!(
+            "needs a loopback server.admin_listen, not {} (bind it to 127.0.0.1 or [::1], or set admin.token_file instead)",
+            c.server.admin_listen
+        );
+        ("server.admin_listen", msg)
+    } else {
+        return Ok(());
+    };
+    Err(Violation {
+        path: "admin.allow_unauthenticated_loopback",
+        related: Some(related),
+        msg,
+    })
 }
 
 /// The `[redis]` limits, checked in [`check_limits`] only when there is a second tier.
@@ -182,6 +210,14 @@ impl Config {
         match name {
             "AUGUR_LISTEN" => self.server.listen = SocketAddr::parse(value)?,
             "AUGUR_ADMIN_LISTEN" => self.server.admin_listen = SocketAddr::parse(value)?,
+            "AUGUR_METRICS_LISTEN" => {
+                self.server.metrics_listen = Some(SocketAddr::parse(value)?);
+            }
+            "AUGUR_ADMIN_TOKEN_FILE" => {
+                let path = std::path::PathBuf::from(value.trim());
+                self.admin.tokens = AdminTokens::read(&path)?;
+                self.admin.token_file = Some(path);
+            }
             "AUGUR_WORKER_THREADS" => {
                 self.server.worker_threads = value.trim().parse().map_err(|_| {
                     format!("invalid number {value:?} (expected 0..={MAX_WORKER_THREADS}; 0 = one per core)")

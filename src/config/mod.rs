@@ -20,6 +20,7 @@ mod units;
 mod raw;
 mod build;
 mod env;
+mod admin;
 
 use ipnet::IpNet;
 
@@ -33,6 +34,7 @@ use http::{HeaderName, Method, Uri};
 use raw::RawConfig;
 use span::{Doc, SpanIndex};
 
+pub use admin::{AdminConfig, AdminTokens, Scope};
 pub use env::ENV_VARS;
 
 // ───────────────────────────── validated types (the contract) ─────────────────────────────
@@ -46,6 +48,7 @@ pub struct Config {
     /// `None` = no `[redis]` section: no second tier, Augur runs on L1 alone.
     pub redis: Option<RedisConfig>,
     pub prefetch: PrefetchConfig,
+    pub admin: AdminConfig,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -53,6 +56,8 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// `None` = `/metrics` and the health endpoints are served on `admin_listen` only.
+    pub metrics_listen: Option<SocketAddr>,
     /// 0 = one per core; 1 = a current-thread runtime.
     pub worker_threads: usize,
     pub header_read_timeout: Duration,
@@ -336,6 +341,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            metrics_listen: None,
             worker_threads: 0,
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
@@ -379,6 +385,11 @@ impl Default for CacheConfig {
 }
 
 impl RouteConfig {
+    /// Query parameters that are not in the key still go upstream.
+    pub fn forwards_unkeyed_query(&self) -> bool {
+        self.forward_unkeyed_query && self.query != QueryKey::All
+    }
+
     /// The route's TTL, falling back to `[cache].default_ttl` when the route sets none.
     pub fn effective_ttl(&self, cache: &CacheConfig) -> Duration {
         self.ttl.unwrap_or(cache.default_ttl)
@@ -390,6 +401,28 @@ const MIB: u64 = 1 << 20;
 // ───────────────────────────── entry points ─────────────────────────────
 
 impl Config {
+    /// What is valid but unsafe as configured, for `augur check` (which still succeeds) and
+    /// the log at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        if let Some(w) = self
+            .redis
+            .as_ref()
+            .and_then(|r| r.unauthenticated_warning())
+        {
+            out.push(w.to_owned());
+        }
+        for r in self.routes.iter().filter(|r| r.forwards_unkeyed_query()) {
+            out.push(format!(
+                "route {}: forward_unkeyed_query = true sends the upstream query parameters the \
+                 cache key leaves out; an upstream that reflects one into a response poisons \
+                 that URL for everyone",
+                r.name
+            ));
+        }
+        out
+    }
+
     /// Reads `path`, parses it ([`Config::from_str`]) and applies `AUGUR_*` variables from the
     /// process environment ([`Config::apply_env`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

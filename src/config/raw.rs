@@ -34,6 +34,9 @@ pub(super) struct RawConfig {
     /// Markov prefetching (active only for routes with `prefetch = true`).
     #[serde(default)]
     pub(super) prefetch: RawPrefetch,
+    /// Who may call the admin API's protected endpoints.
+    #[serde(default)]
+    pub(super) admin: RawAdmin,
     /// Routes, matched in file order; the first match wins. At least one is required.
     #[serde(default)]
     pub(super) route: Vec<RawRoute>,
@@ -45,8 +48,12 @@ pub(super) struct RawConfig {
 pub(super) struct RawServer {
     /// Proxy listener, `IP:PORT`. Default `"127.0.0.1:8080"`; use `"0.0.0.0:8080"` in containers.
     pub(super) listen: Option<Human<SocketAddr>>,
-    /// Admin listener (health, metrics), `IP:PORT`. Default `"127.0.0.1:9090"`.
+    /// Admin listener (health, metrics, and the token-protected `/cache`, `/prefetch/*`,
+    /// `/purge`), `IP:PORT`. Default `"127.0.0.1:9090"`.
     pub(super) admin_listen: Option<Human<SocketAddr>>,
+    /// A second listener that serves only `/metrics`, `/healthz` and `/readyz`, `IP:PORT`.
+    /// Default none (those stay on `admin_listen`, open without a token there too).
+    pub(super) metrics_listen: Option<Human<SocketAddr>>,
     /// Runtime worker threads. Default 0 = one per core; 1 = single-threaded; at most 1024.
     pub(super) worker_threads: Option<usize>,
     /// Time allowed for a client to send the request head. Default `"10s"`.
@@ -72,6 +79,19 @@ pub(super) struct RawServer {
     pub(super) log_level: Option<String>,
     /// `"text"` (default) or `"json"`.
     pub(super) log_format: Option<Human<LogFormat>>,
+}
+
+/// `[admin]`: the admin API's bearer tokens. Without a token, `/cache`, `/prefetch/*` and
+/// `POST /purge…` answer 403.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    /// Path of a file with one `read:<token>` or `purge:<token>` per line (16 to 256
+    /// characters of `A-Za-z0-9-._~+/`, `#` comments). Default none. Read once at start-up.
+    pub(super) token_file: Option<String>,
+    /// With no `token_file` and a loopback `server.admin_listen` only: serve the protected
+    /// endpoints without a token. Default `false`.
+    pub(super) allow_unauthenticated_loopback: Option<bool>,
 }
 
 /// `[upstream]`: defaults for every route; each route may override the first three.

@@ -101,6 +101,9 @@ impl Proxy {
             .cloned()
             .chain([policy::CDN_CACHE_CONTROL.clone()])
             .collect();
+        for r in config.routes.iter().filter(|r| r.forwards_unkeyed_query()) {
+            tracing::warn!(route = %r.name, "forward_unkeyed_query = true: query parameters outside the cache key reach the upstream");
+        }
         let (refresh_tx, refresh_rx) = mpsc::channel(refresh::QUEUE);
         Ok(Proxy {
             routes,

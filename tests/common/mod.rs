@@ -352,10 +352,32 @@ pub fn json_body(size: usize) -> String {
     s
 }
 
-/// A config for one route `api` on path `/` to `upstream`.
+/// The admin tokens every [`config`] carries: `purge` (which includes `read`) and `read`.
+pub const PURGE_TOKEN: &str = "test-purge-token-0123456789abcdef";
+pub const READ_TOKEN: &str = "test-read-token-0123456789abcdef";
+
+/// A real token file holding `lines`, removed when the handle drops.
+pub fn token_file(lines: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), lines).unwrap();
+    file
+}
+
+/// A config for one route `api` on path `/` to `upstream`, with both admin test tokens.
 pub fn config(upstream: SocketAddr, extra: &str) -> Config {
+    // Tokens are read while the config loads, so the file may go right after.
+    let file = token_file(&format!("purge:{PURGE_TOKEN}\nread:{READ_TOKEN}\n"));
+    let admin = format!("token_file = \"{}\"", file.path().display());
+    config_with_admin(upstream, &admin, extra)
+}
+
+/// [`config`] with `admin` as the body of its `[admin]` table.
+pub fn config_with_admin(upstream: SocketAddr, admin: &str, extra: &str) -> Config {
     let text = format!(
         r#"
+[admin]
+{admin}
+
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
@@ -387,6 +409,8 @@ upstream = "http://{upstream}"
 pub struct TestProxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The metrics-only listener, when the config sets `server.metrics_listen`.
+    pub metrics: Option<SocketAddr>,
     pub clock: Clock,
     /// The proxy inside, for a test that reaches past HTTP.
     pub proxy: Arc<augur::proxy::Proxy>,
@@ -403,6 +427,7 @@ impl TestProxy {
         let listeners = Listeners::bind(&config).await.unwrap();
         let addr = listeners.proxy.local_addr().unwrap();
         let admin = listeners.admin.local_addr().unwrap();
+        let metrics = listeners.metrics.as_ref().map(|l| l.local_addr().unwrap());
         let instance = Instance::new(&config, clock.clone()).unwrap();
         let proxy = instance.proxy.clone();
         let (tx, rx) = oneshot::channel();
@@ -412,6 +437,7 @@ impl TestProxy {
         TestProxy {
             addr,
             admin,
+            metrics,
             clock,
             proxy,
             shutdown: Some(tx),
@@ -494,15 +520,34 @@ pub async fn get(url: &str) -> Got {
 }
 
 pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Got {
-    let mut b = Request::get(url);
+    send_with(Request::get(url), headers).await
+}
+
+pub async fn post(url: &str) -> Got {
+    send(Request::post(url).body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// `POST url` with `headers`.
+pub async fn post_with(url: &str, headers: &[(&str, &str)]) -> Got {
+    send_with(Request::post(url), headers).await
+}
+
+/// `b` with `headers` and an empty body.
+async fn send_with(mut b: http::request::Builder, headers: &[(&str, &str)]) -> Got {
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
     send(b.body(Full::new(Bytes::new())).unwrap()).await
 }
 
-pub async fn post(url: &str) -> Got {
-    send(Request::post(url).body(Full::new(Bytes::new())).unwrap()).await
+/// An admin `GET` with the purge token (which includes read).
+pub async fn admin_get(url: &str) -> Got {
+    get_with(url, &[("authorization", &format!("Bearer {PURGE_TOKEN}"))]).await
+}
+
+/// An admin `POST` with the purge token.
+pub async fn admin_post(url: &str) -> Got {
+    post_with(url, &[("authorization", &format!("Bearer {PURGE_TOKEN}"))]).await
 }
 
 /// Write `request` on a fresh connection and read what comes back until the server closes
