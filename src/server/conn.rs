@@ -23,11 +23,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body::{Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -35,6 +32,7 @@ use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::body::Holding;
 use crate::config::Config;
 use crate::metrics::{ConnMetrics, Metrics};
 use crate::proxy::Proxy;
@@ -123,7 +121,8 @@ impl Conns {
                     let cancel = CancelGuard(Some(active.0.clone()));
                     let resp = proxy.handle(req, peer).await;
                     cancel.disarm();
-                    Ok::<_, Infallible>(resp.map(|body| Tracked { body, active }))
+                    // The request counts as in flight until its body ends or is dropped.
+                    Ok::<_, Infallible>(resp.map(|body| Holding::new(body, active)))
                 }
             })
         };
@@ -326,38 +325,6 @@ impl Drop for CancelGuard {
         if let Some(state) = self.0.take() {
             state.client_reset();
         }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that keeps its request counted as in flight until it is dropped.
-    struct Tracked<B> {
-        #[pin]
-        body: B,
-        active: Active,
-    }
-}
-
-impl<B> http_body::Body for Tracked<B>
-where
-    B: http_body::Body<Data = Bytes>,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        self.project().body.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 
