@@ -111,6 +111,44 @@ const L2_HELP: [(&str, &str); 9] = [
     ),
 ];
 
+/// The help text of the connection and in-flight limits' series, registered by
+/// [`Metrics::connections`] and [`Metrics::upstream_limits`].
+const LIMITS_HELP: [(&str, &str); 5] = [
+    ("augur_connections_open", "Client connections open now."),
+    (
+        "augur_connections_refused_total",
+        "Client connections closed on accept, by limit: max_connections, max_connections_per_ip.",
+    ),
+    (
+        "augur_connections_closed_total",
+        "Client connections closed by Augur, by reason: first_request_timeout, idle, client_resets.",
+    ),
+    (
+        "augur_upstream_inflight_bytes",
+        "Bytes of upstream bodies being buffered for the store now (upstream.max_inflight_bytes).",
+    ),
+    (
+        "augur_upstream_store_skipped_total",
+        "Storable responses streamed through unstored because upstream.max_inflight_bytes was spent.",
+    ),
+];
+
+/// Handles of the client connection limits (`[server]`).
+pub struct ConnMetrics {
+    pub open: Gauge,
+    pub refused_max: Counter,
+    pub refused_per_ip: Counter,
+    pub closed_first_request: Counter,
+    pub closed_idle: Counter,
+    pub closed_resets: Counter,
+}
+
+/// Handles of the in-flight byte budget (`upstream.max_inflight_bytes`).
+pub struct UpstreamLimitMetrics {
+    pub inflight_bytes: Gauge,
+    pub store_skipped: Counter,
+}
+
 /// Per-route handles.
 pub struct RouteMetrics {
     /// `[cache status][status class]`
@@ -317,6 +355,34 @@ impl Metrics {
     }
 
     /// The recorder, for registering further handles (later subsystems).
+    pub fn connections(&self) -> ConnMetrics {
+        let r = &self.recorder;
+        for (name, help) in LIMITS_HELP {
+            describe(r, name, help);
+        }
+        let refused = |limit| counter(r, "augur_connections_refused_total", &[("limit", limit)]);
+        let closed = |reason| counter(r, "augur_connections_closed_total", &[("reason", reason)]);
+        ConnMetrics {
+            open: gauge(r, "augur_connections_open"),
+            refused_max: refused("max_connections"),
+            refused_per_ip: refused("max_connections_per_ip"),
+            closed_first_request: closed("first_request_timeout"),
+            closed_idle: closed("idle"),
+            closed_resets: closed("client_resets"),
+        }
+    }
+
+    pub fn upstream_limits(&self) -> UpstreamLimitMetrics {
+        let r = &self.recorder;
+        for (name, help) in LIMITS_HELP {
+            describe(r, name, help);
+        }
+        UpstreamLimitMetrics {
+            inflight_bytes: gauge(r, "augur_upstream_inflight_bytes"),
+            store_skipped: counter(r, "augur_upstream_store_skipped_total", &[]),
+        }
+    }
+
     pub fn recorder(&self) -> &PrometheusRecorder {
         &self.recorder
     }

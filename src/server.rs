@@ -5,6 +5,10 @@
 //! before the config is valid) and a shutdown future (a signal in `main`, a channel in tests).
 //! On shutdown: readiness turns 503, the listeners close, in-flight requests get up to
 //! `shutdown_grace` to finish, then whatever is left is cut.
+//!
+//! Every proxy connection is bounded ([`conn`]): a global and an optional per-IP cap at
+//! accept, a deadline for the first request (which also covers the HTTP/2 preface), an idle
+//! timeout, HTTP/2 keep-alive and a stream cap, and a budget of requests the client cancels.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,6 +23,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+
+mod conn;
 
 use crate::admin::{Admin, Listener};
 use crate::clock::Clock;
@@ -103,9 +109,8 @@ pub async fn run(
         ready.clone(),
         &config.admin,
     ));
-    let background = Background::start(&proxy, metrics);
-    let builder = proxy_conn_builder(&config);
-    let graceful = GracefulShutdown::new();
+    let background = Background::start(&proxy, metrics.clone());
+    let conns = conn::Conns::new(&config, proxy_conn_builder(&config), &metrics);
     let admin_graceful = GracefulShutdown::new();
     tracing::info!(
         listen = %listeners.proxy.local_addr()?,
@@ -126,7 +131,7 @@ pub async fn run(
         tokio::select! {
             accepted = listeners.proxy.accept() => {
                 let Some((stream, peer)) = accepted_or_pause(accepted).await else { continue };
-                serve_proxy(&builder, &graceful, &proxy, stream, peer);
+                conns.serve(&proxy, stream, peer);
             }
             accepted = listeners.admin.accept() => {
                 let Some((stream, _peer)) = accepted_or_pause(accepted).await else { continue };
@@ -142,7 +147,7 @@ pub async fn run(
 
     ready.store(false, Ordering::Release);
     drop(listeners);
-    drain(&config, graceful, admin_graceful).await;
+    drain(&config, conns, admin_graceful).await;
     background.stop(&proxy).await;
     Ok(())
 }
@@ -198,44 +203,28 @@ impl Background {
     }
 }
 
-/// HTTP/1.1 with the configured head limits, plus h2c unless `server.http2` is off.
+/// HTTP/1.1 with the configured head limits, plus h2c unless `server.http2` is off, with
+/// keep-alive PINGs (a peer that stops answering is dropped) and an explicit stream cap
+/// rather than h2's default of 200.
 fn proxy_conn_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let s = &config.server;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.server.header_read_timeout)
-        .max_buf_size(config.server.max_header_bytes.max(8192))
+        .header_read_timeout(s.header_read_timeout)
+        .max_buf_size(s.max_header_bytes.max(8192))
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(s.http2_keep_alive_interval)
+        .keep_alive_timeout(s.http2_keep_alive_timeout)
+        .max_concurrent_streams(s.http2_max_concurrent_streams);
     if !config.server.http2 {
         builder = builder.http1_only();
     }
     builder
-}
-
-/// One proxy connection, on its own task, watched by `graceful` for the drain.
-fn serve_proxy(
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
-    proxy: &Arc<Proxy>,
-    stream: TcpStream,
-    peer: SocketAddr,
-) {
-    let proxy = proxy.clone();
-    let svc = service_fn(move |req| {
-        let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
-    });
-    let conn = builder
-        .serve_connection(TokioIo::new(stream), svc)
-        .into_owned();
-    let conn = graceful.watch(conn);
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
-        }
-    });
 }
 
 /// One admin or metrics connection: HTTP/1.1 only, a fixed head timeout.
@@ -261,10 +250,10 @@ fn serve_admin(
 }
 
 /// Up to `shutdown_grace` for in-flight requests on both listeners; the rest are cut.
-async fn drain(config: &Config, graceful: GracefulShutdown, admin_graceful: GracefulShutdown) {
+async fn drain(config: &Config, conns: conn::Conns, admin_graceful: GracefulShutdown) {
     tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: draining in-flight requests");
     let drained = tokio::time::timeout(config.server.shutdown_grace, async {
-        tokio::join!(graceful.shutdown(), admin_graceful.shutdown());
+        tokio::join!(conns.shutdown(), admin_graceful.shutdown());
     })
     .await;
     match drained {

@@ -4,6 +4,12 @@
 //! `proxy` hands a prepared request here and gets a response head whose body still streams
 //! from the upstream; the connection permit travels with that body and is released when it
 //! ends, so the cap counts connections really in use, including long downloads.
+//!
+//! Every body is under two deadlines ([`Deadline`]): no progress for the route's `timeout`
+//! (an upstream that stalls or trickles, or a client that stops reading), and
+//! `upstream.body_timeout` for the whole body. Bodies buffered for the store draw on one
+//! byte budget shared by all routes (`upstream.max_inflight_bytes`, [`Inflight`]); a miss
+//! that finds it spent streams through unstored instead of adding to the peak.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +19,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, Uri};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -20,12 +27,96 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::body::{Body, Holding};
-use crate::config::RouteConfig;
+use crate::body::{Body, BoxError, Cut, Deadline, Holding};
+use crate::config::{Config, RouteConfig};
 use crate::error::ProxyError;
+use crate::metrics::Metrics;
 
-/// A streaming upstream body that holds its connection permit.
-pub type UpstreamBody = Holding<Incoming, OwnedSemaphorePermit>;
+/// A streaming upstream body: it holds its connection permit, runs under the idle and total
+/// deadlines, and knows the byte budget to draw on if it is buffered for the store.
+pub struct UpstreamBody {
+    body: Deadline<Holding<Incoming, OwnedSemaphorePermit>>,
+    inflight: Arc<Inflight>,
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The byte budget for bodies being buffered for the store, shared by every route.
+pub struct Inflight {
+    bytes: Arc<Semaphore>,
+    max: u64,
+    gauge: metrics::Gauge,
+    skipped: metrics::Counter,
+}
+
+impl Inflight {
+    fn new(max: u64, metrics: &Metrics) -> Inflight {
+        let m = metrics.upstream_limits();
+        Inflight {
+            // tokio caps a semaphore's permits; a budget above that is as good as unlimited.
+            bytes: Arc::new(Semaphore::new(
+                usize::try_from(max)
+                    .map_or(Semaphore::MAX_PERMITS, |n| n.min(Semaphore::MAX_PERMITS)),
+            )),
+            max,
+            gauge: m.inflight_bytes,
+            skipped: m.store_skipped,
+        }
+    }
+
+    /// `n` more bytes, or `None` when the budget is spent.
+    fn take(&self, n: usize) -> Option<OwnedSemaphorePermit> {
+        let n = u32::try_from(n).ok()?;
+        let permit = self.bytes.clone().try_acquire_many_owned(n).ok();
+        self.update();
+        permit
+    }
+
+    fn update(&self) {
+        let free = self.bytes.available_permits() as u64;
+        self.gauge.set(self.max.saturating_sub(free) as f64);
+    }
+}
+
+/// A buffered body and the budget it holds: [`Bytes::from_owner`] keeps the permit exactly as
+/// long as any `Bytes` of this buffer lives (the store copies what it keeps, so that is until
+/// the entry is built and the response to the miss is sent).
+struct Buffer {
+    bytes: Vec<u8>,
+    permit: Option<OwnedSemaphorePermit>,
+    inflight: Arc<Inflight>,
+}
+
+impl AsRef<[u8]> for Buffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.inflight.update();
+    }
+}
 
 /// One route's upstream.
 pub struct Upstream {
@@ -35,11 +126,28 @@ pub struct Upstream {
     base_path: String,
     host: HeaderValue,
     timeout: Duration,
+    body_timeout: Duration,
     permits: Arc<Semaphore>,
+    inflight: Arc<Inflight>,
 }
 
 impl Upstream {
-    pub fn new(route: &RouteConfig, idle_timeout: Duration) -> Result<Upstream, String> {
+    /// One upstream per route, in route order, sharing one [`Inflight`] byte budget.
+    pub fn all(config: &Config, metrics: &Metrics) -> Result<Vec<Upstream>, String> {
+        let inflight = Arc::new(Inflight::new(config.upstream.max_inflight_bytes, metrics));
+        config
+            .routes
+            .iter()
+            .map(|r| Upstream::new(r, config, inflight.clone()))
+            .collect()
+    }
+
+    fn new(
+        route: &RouteConfig,
+        config: &Config,
+        inflight: Arc<Inflight>,
+    ) -> Result<Upstream, String> {
+        let idle_timeout = config.upstream.idle_timeout;
         let uri = &route.upstream;
         let authority = uri
             .authority()
@@ -68,7 +176,9 @@ impl Upstream {
             base_path: uri.path().trim_end_matches('/').to_owned(),
             host,
             timeout: route.timeout,
+            body_timeout: config.upstream.body_timeout,
             permits: Arc::new(Semaphore::new(route.max_connections.max(1))),
+            inflight,
         })
     }
 
@@ -77,7 +187,8 @@ impl Upstream {
     }
 
     /// Send a request whose headers are already prepared ([`forward_headers`]); waits at most
-    /// the route's timeout for a connection slot, the connection and the response head.
+    /// the route's timeout for a connection slot, the connection and the response head. The
+    /// body then runs under its own deadlines (see the module docs).
     pub async fn send(
         &self,
         method: Method,
@@ -111,7 +222,10 @@ impl Upstream {
                 .await
                 .map_err(|_| ProxyError::UpstreamConnect("shutting down".into()))?;
             let resp = self.client.request(req).await.map_err(classify)?;
-            Ok::<_, ProxyError>(resp.map(|b| Holding::new(b, permit)))
+            Ok::<_, ProxyError>(resp.map(|b| UpstreamBody {
+                body: Deadline::new(Holding::new(b, permit), self.timeout, self.body_timeout),
+                inflight: self.inflight.clone(),
+            }))
         };
         match tokio::time::timeout(self.timeout, attempt).await {
             Ok(r) => r,
@@ -220,44 +334,89 @@ fn canonical_host(host: &str) -> String {
 pub enum Buffered {
     /// The whole body, at most `max` bytes.
     Complete(Bytes),
-    /// Larger than `max`: what was read so far and the rest, to be streamed.
+    /// Larger than `max`, or the in-flight byte budget is spent: what was read so far and
+    /// the rest, to be streamed through unstored.
     TooLarge(Vec<Bytes>, UpstreamBody),
 }
 
-/// Read a body into memory up to `max` bytes, waiting at most `idle` for each chunk.
+/// Read a body into memory up to `max` bytes, waiting at most `idle` for each chunk, within
+/// the body's total deadline and the shared in-flight byte budget.
+///
+/// One buffer, grown by doubling and sized from `Content-Length` when known, so the body is
+/// never held twice (chunks plus a joined copy). Each growth draws its bytes from the budget
+/// first; when the budget cannot cover it, the response streams through unstored instead.
 pub async fn buffer_body(
     mut body: UpstreamBody,
     max: u64,
     idle: Duration,
 ) -> Result<Buffered, ProxyError> {
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut total = 0u64;
+    let inflight = body.inflight.clone();
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    let hint = body
+        .size_hint()
+        .exact()
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n <= max)
+        .unwrap_or(0);
+    let mut buf = Buffer {
+        bytes: Vec::new(),
+        permit: None,
+        inflight: inflight.clone(),
+    };
     loop {
         let frame = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => return Err(ProxyError::UpstreamTimeout(idle)),
             Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(ProxyError::UpstreamProtocol(e.to_string())),
+            Ok(Some(Err(e))) => return Err(body_error(e.as_ref())),
             Ok(Some(Ok(f))) => f,
         };
-        if let Ok(data) = frame.into_data() {
-            total += data.len() as u64;
-            chunks.push(data);
-            if total > max {
-                return Ok(Buffered::TooLarge(chunks, body));
-            }
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let len = buf.bytes.len() + data.len();
+        if len > max {
+            return Ok(Buffered::TooLarge(prefix(buf, data), body));
         }
+        if len > buf.bytes.capacity() {
+            let cap = buf.bytes.capacity();
+            let want = len.max(hint).max(cap.saturating_mul(2).min(max));
+            let Some(more) = inflight.take(want - cap) else {
+                inflight.skipped.increment(1);
+                tracing::debug!(
+                    budget = inflight.max,
+                    "in-flight byte budget spent; streaming unstored"
+                );
+                return Ok(Buffered::TooLarge(prefix(buf, data), body));
+            };
+            match &mut buf.permit {
+                Some(p) => p.merge(more),
+                None => buf.permit = Some(more),
+            }
+            buf.bytes.reserve_exact(want - buf.bytes.len());
+        }
+        buf.bytes.extend_from_slice(&data);
     }
-    Ok(Buffered::Complete(match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().unwrap_or_default(),
-        _ => {
-            let mut all = Vec::with_capacity(total as usize);
-            for c in &chunks {
-                all.extend_from_slice(c);
-            }
-            Bytes::from(all)
-        }
-    }))
+    if buf.bytes.is_empty() {
+        return Ok(Buffered::Complete(Bytes::new()));
+    }
+    Ok(Buffered::Complete(Bytes::from_owner(buf)))
+}
+
+/// What was buffered so far, then the chunk that did not fit, for streaming.
+fn prefix(buf: Buffer, data: Bytes) -> Vec<Bytes> {
+    if buf.bytes.is_empty() {
+        vec![data]
+    } else {
+        vec![Bytes::from_owner(buf), data]
+    }
+}
+
+/// A body that broke off: a deadline is a timeout (504), anything else a protocol error.
+fn body_error(e: &(dyn std::error::Error + 'static)) -> ProxyError {
+    match e.downcast_ref::<Cut>() {
+        Some(Cut::Idle(d) | Cut::Total(d)) => ProxyError::UpstreamTimeout(*d),
+        None => ProxyError::UpstreamProtocol(e.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -193,6 +193,18 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "512KiB is too small (must be at least 1MiB)",
     ),
     (
+        "max_inflight_under_entry_size.toml",
+        "2:22",
+        "upstream.max_inflight_bytes",
+        "max_inflight_bytes 4MiB is smaller than cache.max_entry_size 8MiB",
+    ),
+    (
+        "http2_streams_zero.toml",
+        "2:32",
+        "server.http2_max_concurrent_streams",
+        "out of range (1..=1000 streams per connection",
+    ),
+    (
         "max_header_bytes_too_small.toml",
         "2:20",
         "server.max_header_bytes",

@@ -47,12 +47,13 @@ pub(super) fn build(doc: &Doc, raw: RawConfig) -> Result<Config, ConfigError> {
 
 fn build_server(doc: &Doc, s: RawServer) -> Result<ServerConfig, ConfigError> {
     let d = ServerConfig::default();
+    let header_read_timeout = s.header_read_timeout.value_or(d.header_read_timeout);
     Ok(ServerConfig {
         listen: s.listen.value_or(d.listen),
         admin_listen: s.admin_listen.value_or(d.admin_listen),
         metrics_listen: s.metrics_listen.map(|h| h.0),
         worker_threads: s.worker_threads.unwrap_or(d.worker_threads),
-        header_read_timeout: s.header_read_timeout.value_or(d.header_read_timeout),
+        header_read_timeout,
         shutdown_grace: s.shutdown_grace.value_or(d.shutdown_grace),
         max_request_body: s.max_request_body.value_or(d.max_request_body),
         max_header_bytes: match s.max_header_bytes {
@@ -75,6 +76,21 @@ fn build_server(doc: &Doc, s: RawServer) -> Result<ServerConfig, ConfigError> {
             .into_iter()
             .map(|h| h.0)
             .collect(),
+        max_connections: s.max_connections.unwrap_or(d.max_connections),
+        max_connections_per_ip: s.max_connections_per_ip.unwrap_or(d.max_connections_per_ip),
+        // Unset: as long as a client has for the head of any later request.
+        first_request_timeout: s.first_request_timeout.value_or(header_read_timeout),
+        idle_timeout: s.idle_timeout.value_or(d.idle_timeout),
+        http2_keep_alive_interval: s
+            .http2_keep_alive_interval
+            .value_or(d.http2_keep_alive_interval),
+        http2_keep_alive_timeout: s
+            .http2_keep_alive_timeout
+            .value_or(d.http2_keep_alive_timeout),
+        http2_max_concurrent_streams: s
+            .http2_max_concurrent_streams
+            .unwrap_or(d.http2_max_concurrent_streams),
+        max_client_resets: s.max_client_resets.unwrap_or(d.max_client_resets),
     })
 }
 
@@ -108,6 +124,8 @@ fn build_upstream(u: RawUpstream) -> UpstreamDefaults {
         timeout: u.timeout.value_or(d.timeout),
         max_connections: u.max_connections.unwrap_or(d.max_connections),
         idle_timeout: u.idle_timeout.value_or(d.idle_timeout),
+        body_timeout: u.body_timeout.value_or(d.body_timeout),
+        max_inflight_bytes: u.max_inflight_bytes.value_or(d.max_inflight_bytes),
     }
 }
 

@@ -63,6 +63,7 @@ pub(super) fn check_limits(c: &Config) -> Result<(), Violation> {
         return v("server.max_header_bytes", None, msg);
     }
     zero("server.header_read_timeout", c.server.header_read_timeout)?;
+    check_connection_limits(c)?;
     zero("upstream.connect_timeout", c.upstream.connect_timeout)?;
     zero("upstream.timeout", c.upstream.timeout)?;
     if c.upstream.max_connections == 0 {
@@ -86,6 +87,18 @@ pub(super) fn check_limits(c: &Config) -> Result<(), Violation> {
             fmt_size(c.cache.memory)
         );
         return v("cache.max_entry_size", Some("cache.memory"), msg);
+    }
+    if c.upstream.max_inflight_bytes < c.cache.max_entry_size {
+        let msg = format!(
+            "max_inflight_bytes {} is smaller than cache.max_entry_size {} (no entry of the largest size could ever be stored; raise max_inflight_bytes)",
+            fmt_size(c.upstream.max_inflight_bytes),
+            fmt_size(c.cache.max_entry_size)
+        );
+        return v(
+            "upstream.max_inflight_bytes",
+            Some("cache.max_entry_size"),
+            msg,
+        );
     }
     if let Some(r) = &c.redis {
         check_redis(r)?;
@@ -130,6 +143,49 @@ fn check_admin(c: &Config) -> Result<(), Violation> {
         related: Some(related),
         msg,
     })
+}
+
+/// The client connection limits (`[server]`) and the upstream body deadline: each must be
+/// set, since zero would turn off the protection it exists for.
+fn check_connection_limits(c: &Config) -> Result<(), Violation> {
+    let v = |path, msg: &str| {
+        Err(Violation {
+            path,
+            related: None,
+            msg: msg.to_owned(),
+        })
+    };
+    let s = &c.server;
+    for (path, d) in [
+        ("server.first_request_timeout", s.first_request_timeout),
+        ("server.idle_timeout", s.idle_timeout),
+        (
+            "server.http2_keep_alive_interval",
+            s.http2_keep_alive_interval,
+        ),
+        (
+            "server.http2_keep_alive_timeout",
+            s.http2_keep_alive_timeout,
+        ),
+        ("upstream.body_timeout", c.upstream.body_timeout),
+    ] {
+        if d.is_zero() {
+            return v(path, "must be greater than 0s");
+        }
+    }
+    if s.max_connections == 0 {
+        return v("server.max_connections", "must be at least 1");
+    }
+    if !(1..=1000).contains(&s.http2_max_concurrent_streams) {
+        return v(
+            "server.http2_max_concurrent_streams",
+            "out of range (1..=1000 streams per connection; 100 is a good default)",
+        );
+    }
+    if s.max_client_resets == 0 {
+        return v("server.max_client_resets", "must be at least 1");
+    }
+    Ok(())
 }
 
 /// The `[redis]` limits, checked in [`check_limits`] only when there is a second tier.

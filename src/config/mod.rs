@@ -72,6 +72,19 @@ pub struct ServerConfig {
     /// Peers whose `X-Forwarded-For` / `-Proto` / `-Host` are kept (appended to); from any
     /// other peer Augur sets them itself. Empty = none.
     pub trusted_proxies: Vec<IpNet>,
+    /// Open client connections; more are closed on accept.
+    pub max_connections: usize,
+    /// Open client connections per client IP; 0 = no per-IP cap.
+    pub max_connections_per_ip: usize,
+    /// Accept until the first request head is complete (HTTP/2 preface included).
+    pub first_request_timeout: Duration,
+    /// No request started for this long: the connection is closed gracefully.
+    pub idle_timeout: Duration,
+    pub http2_keep_alive_interval: Duration,
+    pub http2_keep_alive_timeout: Duration,
+    pub http2_max_concurrent_streams: u32,
+    /// Requests cancelled by the client before their head, per connection per 10 s.
+    pub max_client_resets: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +99,10 @@ pub struct UpstreamDefaults {
     pub timeout: Duration,
     pub max_connections: usize,
     pub idle_timeout: Duration,
+    /// Total deadline of an upstream response body, head to last byte.
+    pub body_timeout: Duration,
+    /// Bytes buffered for the store at once, over all routes.
+    pub max_inflight_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -352,6 +369,14 @@ impl Default for ServerConfig {
             log_format: LogFormat::Text,
             paths: PathRules::default(),
             trusted_proxies: Vec::new(),
+            max_connections: 10_000,
+            max_connections_per_ip: 0,
+            first_request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            http2_keep_alive_interval: Duration::from_secs(20),
+            http2_keep_alive_timeout: Duration::from_secs(20),
+            http2_max_concurrent_streams: 100,
+            max_client_resets: 100,
         }
     }
 }
@@ -363,6 +388,8 @@ impl Default for UpstreamDefaults {
             timeout: Duration::from_secs(30),
             max_connections: 256,
             idle_timeout: Duration::from_secs(90),
+            body_timeout: Duration::from_secs(300),
+            max_inflight_bytes: 256 * MIB,
         }
     }
 }

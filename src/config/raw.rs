@@ -79,6 +79,27 @@ pub(super) struct RawServer {
     pub(super) log_level: Option<String>,
     /// `"text"` (default) or `"json"`.
     pub(super) log_format: Option<Human<LogFormat>>,
+    /// Open client connections; more are closed on accept. Default 10000, at least 1.
+    pub(super) max_connections: Option<usize>,
+    /// Open client connections per client IP; more are closed on accept. Default 0 = no
+    /// per-IP cap (behind a load balancer every client shares its IP).
+    pub(super) max_connections_per_ip: Option<usize>,
+    /// Time from accept until the first request head is complete (covers the HTTP/2 preface
+    /// and SETTINGS); past it the connection is closed. Default: `header_read_timeout`.
+    pub(super) first_request_timeout: Option<Human<Duration>>,
+    /// A connection on which no request starts for this long is closed gracefully (GOAWAY on
+    /// HTTP/2; responses in flight finish). Default `"60s"`.
+    pub(super) idle_timeout: Option<Human<Duration>>,
+    /// HTTP/2 PING interval. Default `"20s"`.
+    pub(super) http2_keep_alive_interval: Option<Human<Duration>>,
+    /// An unanswered HTTP/2 PING closes the connection after this long. Default `"20s"`.
+    pub(super) http2_keep_alive_timeout: Option<Human<Duration>>,
+    /// Concurrent streams per HTTP/2 connection, 1..=1000. Default 100.
+    pub(super) http2_max_concurrent_streams: Option<u32>,
+    /// Requests a client may cancel (HTTP/2 RST_STREAM, or hang up) before their response
+    /// head, per connection per 10 s; one more and the connection gets GOAWAY. Default 100,
+    /// at least 1.
+    pub(super) max_client_resets: Option<u32>,
 }
 
 /// `[admin]`: the admin API's bearer tokens. Without a token, `/cache`, `/prefetch/*` and
@@ -106,6 +127,14 @@ pub(super) struct RawUpstream {
     pub(super) max_connections: Option<usize>,
     /// How long a pooled keep-alive connection may stay idle. Default `"90s"`.
     pub(super) idle_timeout: Option<Human<Duration>>,
+    /// Total time an upstream response body may take, from its head to its last byte, whether
+    /// buffered for the store or streamed to a client; past it the body is cut and its
+    /// connection permit released. Default `"5m"`.
+    pub(super) body_timeout: Option<Human<Duration>>,
+    /// Bytes of response bodies being buffered for the store at once, over all routes; a miss
+    /// that would go over streams through unstored. Default `"256MiB"`; at least
+    /// `cache.max_entry_size`.
+    pub(super) max_inflight_bytes: Option<Human<ByteSize>>,
 }
 
 /// `[cache]`

@@ -82,11 +82,7 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(config: &Config, clock: Clock, metrics: Arc<Metrics>) -> Result<Proxy, String> {
         let routes = Routes::new(&config.routes).map_err(|e| e.to_string())?;
-        let upstreams = config
-            .routes
-            .iter()
-            .map(|r| Upstream::new(r, config.upstream.idle_timeout))
-            .collect::<Result<Vec<_>, _>>()?;
+        let upstreams = Upstream::all(config, &metrics)?;
         let settings = CacheSettings {
             memory: config.cache.memory,
             max_entry_size: config.cache.max_entry_size,
