@@ -851,3 +851,31 @@ async fn lost_subscription_is_detected() {
     assert_eq!(cleared, 0, "L1 cleared on detection");
     l2_ready(&proxy).await;
 }
+
+/// Review M4: an unsafe request's invalidation drops the key from this L1 at once and reaches
+/// Redis in the background, so a hung Redis never holds up the response (it waited up to
+/// `connect_timeout` per invalidated key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_requests_do_not_wait_for_a_hung_redis() {
+    let redis = RedisServer::start();
+    let up = TestUpstream::start().await;
+    let section = redis_section(&redis.url(), "connect_timeout = \"3s\"");
+    let proxy = TestProxy::start(config(up.addr, &section)).await;
+    l2_ready(&proxy).await;
+    let pq = format!("/m4?{CACHED}");
+    fetch(&proxy, &pq).await;
+    assert_eq!(fetch(&proxy, &pq).await.x_cache(), "HIT");
+
+    redis.freeze(true);
+    let started = std::time::Instant::now();
+    let posted = common::post_with(&proxy.url(&pq), &[("host", HOST)]).await;
+    let waited = started.elapsed();
+    let after = fetch(&proxy, &pq).await;
+    redis.freeze(false);
+    assert_eq!(posted.status, 200);
+    assert!(
+        waited < Duration::from_millis(1500),
+        "the POST waited {waited:?} for a hung Redis (connect_timeout is 3 s)"
+    );
+    assert_eq!(after.x_cache(), "MISS", "dropped from this L1 at once");
+}

@@ -68,10 +68,26 @@ impl Cache {
         };
         let l2 = l2.clone();
         rt.spawn(async move {
-            if let Err(e) = l2.invalidate(&key).await {
+            if let Err(e) = l2.invalidate_in_background(&key).await {
                 tracing::warn!(key = %key, error = %e, "purge did not reach Redis");
             }
         });
+    }
+
+    /// RFC 9111 §4.4 from the request path: drop `key` (and every variant stored for it) from
+    /// this L1 now, and from Redis and the fleet's L1s in the background, so that a slow or
+    /// hung Redis never holds up the response to the unsafe request (review M4).
+    pub fn invalidate_soon(&self, key: &CacheKey) {
+        let variants = self.variants.forget(key);
+        let mut held = self.remove(key);
+        for variant in &variants {
+            held |= self.remove(variant);
+        }
+        self.pass_marks.clear(key);
+        if held {
+            self.metrics.cache_invalidated.increment(1);
+        }
+        self.invalidate_behind(*key);
     }
 
     /// Purge everything under the key prefix in L2 and every instance's L1, and say what went.

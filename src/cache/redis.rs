@@ -308,9 +308,32 @@ impl L2 {
     /// Redis held it. Waits (up to the connect timeout per step): a purge is worth it.
     pub async fn invalidate(&self, key: &CacheKey) -> Result<bool, String> {
         let conn = self.connected()?;
+        self.invalidate_on(&conn, key).await
+    }
+
+    /// [`L2::invalidate`] for a purge the request path started (RFC 9111 §4.4), run in the
+    /// background: it respects the circuit breaker (skipped while it is open) and feeds it, like
+    /// every other operation the request path makes.
+    pub async fn invalidate_in_background(&self, key: &CacheKey) -> Result<bool, String> {
+        let conn = self
+            .usable()
+            .ok_or_else(|| "Redis not connected or circuit breaker open".to_owned())?;
+        match self.invalidate_on(&conn, key).await {
+            Ok(held) => {
+                self.breaker.success(&self.metrics);
+                Ok(held)
+            }
+            Err(e) => {
+                self.failed(&e);
+                Err(e)
+            }
+        }
+    }
+
+    async fn invalidate_on(&self, conn: &Conn, key: &CacheKey) -> Result<bool, String> {
         let del = redis::cmd("UNLINK").arg(self.redis_key(key)).clone();
-        let removed: u64 = self.admin_op(&conn, &del).await?;
-        self.publish(&conn, Invalidation::Key(*key)).await?;
+        let removed: u64 = self.admin_op(conn, &del).await?;
+        self.publish(conn, Invalidation::Key(*key)).await?;
         Ok(removed > 0)
     }
 

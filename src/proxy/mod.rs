@@ -191,7 +191,7 @@ impl Proxy {
         let resp = self.pass(&ex, body).await;
         if self.invalidates(ex.method()) {
             for key in self.invalidated_by(&ex, &resp) {
-                self.cache.invalidate(&key).await;
+                self.cache.invalidate_soon(&key);
             }
         }
         self.finish(&ex, CacheStatus::Bypass, resp)
