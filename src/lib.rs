@@ -1,32 +1,35 @@
 //! Augur: a caching reverse proxy for HTTP APIs.
 //!
 //! ```text
-//! server   accept (already-bound listener) ─► hyper-util auto conn (HTTP/1.1 + h2c)
-//! proxy    handle(req):
-//!   route    routes.find(host, path, method)        no route ─► 404, JSON error
-//!   key      CacheKey::derive(..)                    method, host, normalised path,
-//!                                                    query params sorted (route include/exclude),
-//!                                                    route key headers ─► blake3, 128 bits
-//!   cache    cache.lookup_or_fetch(key, fetch)       L1 (quick_cache, byte-weighted)
-//!              ├─ vary     responses that Vary: key ─► variant key (request's selecting headers)
-//!              ├─ memory   fresh ─► HIT │ stale-while-revalidate ─► STALE + background refresh
-//!              │           stale or vacant ─► join or lead the flight
-//!              ├─ redis    ([redis]) the leader asks L2 ─► HIT (x-cache-tier: L2), promote to L1
-//!              ├─ upstream only the leader fetches (conditionally when stale: 304 ─► REVALIDATED;
-//!              │           5xx/unreachable within stale-if-error ─► STALE); others wait
-//!              ├─ policy   storable? how fresh? (RFC 9111/5861/9213 + route mode) ─► store or pass
-//!              └─ entry    zstd-encode once; L1 insert; L2 write-behind (spawned)
-//!   respond  entry ─► response (Age, x-cache, 304 for a matching client validator, 206 for
-//!            one byte range), pass-through streamed; unsafe methods invalidate (§4.4)
-//!   observe  prefetcher.observe(client, request) as a GET arrives, before the cache is asked;
-//!            prefetcher.served(key, hit/miss) once answered   never awaited on the request path
+//! server   accept (already-bound listener; connection caps, first-request and idle deadlines)
+//!          ─► hyper-util auto conn (HTTP/1.1 + h2c)
+//! proxy    handle(req) ─► Exchange::new, built once:
+//!   normalise  Connection-named fields out, path normalised (RFC 3986), unkeyed overrides and
+//!              unkeyed query parameters out of cacheable requests      bad path ─► 400
+//!   route      routes.find(host, path, method)         no route ─► 404, JSON error
+//!   key        route.key(..): the one place a key is derived: method, host, path, query params
+//!              sorted (route include/exclude), route key headers ─► blake3, 128 bits
+//!   observe    prefetcher.observe(..) as a GET arrives, never awaited
+//!   cache      cache.lookup_or_fetch(key, fetch)        L1 (quick_cache, byte-weighted)
+//!                ├─ vary     responses that Vary: key ─► variant key
+//!                ├─ memory   fresh ─► HIT │ stale-while-revalidate ─► STALE + refresh (refresh.rs)
+//!                │           stale or vacant ─► lead or follow the flight (flight.rs)
+//!                ├─ redis    ([redis]) the leader asks L2 ─► HIT (x-cache-tier: L2), promote
+//!                ├─ upstream only the leader fetches (fetch.rs; conditionally when stale:
+//!                │           304 ─► REVALIDATED, revalidate.rs; failing ─► STALE where allowed)
+//!                ├─ policy   storable? how fresh? (RFC 9111/5861/9213 + route) ─► store or pass
+//!                └─ entry    zstd-encode once; L1 insert; L2 write-behind (sealed, spawned)
+//!   respond    entry ─► response (respond.rs: Age, 304, 206, zstd or identity)
+//!   pass       everything else streamed both ways; unsafe methods invalidate (pass.rs, §4.4)
+//!   finish     x-cache, metrics, log
 //! prefetch worker: markov.predict(state) ─► cache.lookup_or_fetch(next, fetch) in the background
-//! admin    /metrics /healthz /readyz /purge /prefetch/transitions … on its own listener
+//! admin    /metrics /healthz /readyz (open) · /cache /prefetch/* /purge (bearer token)
 //! ```
 //!
-//! Dependencies point one way: `main → server → {proxy, admin} → {route, key, cache, upstream,
-//! prefetch, metrics}`; `config`, `metrics`, `body` and `error` are leaves. `cache` never names
-//! `upstream`: it is handed the fetch as a closure.
+//! Dependencies point one way: `main → server → {proxy, admin} → {normalise, route, key, cache,
+//! upstream, prefetch, metrics}`; `config`, `clock`, `body` and `error` are leaves. `cache` never
+//! names `upstream`: it is handed the fetch as a closure. `proxy/` has one file per phase over
+//! one `Exchange`; `cache/` one file per mechanism.
 
 // In request order: accept, route, key, the request path, the cache, the upstream, then
 // what watches and steers it. `config`, `clock`, `metrics`, `body` and `error` are leaves.
