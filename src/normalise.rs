@@ -28,37 +28,8 @@ use std::borrow::Cow;
 
 use http::header::{self, HeaderMap, HeaderName};
 
-use crate::config::QueryKey;
+use crate::config::{EscapedSlashes, PathRules, QueryKey};
 use crate::key;
-
-/// What to do with `%2F` / `%5C` in a path (Envoy's `path_with_escaped_slashes_action`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum EscapedSlashes {
-    /// Refuse the request (400): the safe default.
-    #[default]
-    Reject,
-    /// Keep them encoded (upper-cased), as one segment: for APIs with encoded ids.
-    Keep,
-    /// Decode them to `/` before dot segments are removed and the request is routed.
-    Decode,
-}
-
-/// How paths are normalised (`[server]` settings).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PathRules {
-    /// Merge runs of `/` into one.
-    pub merge_slashes: bool,
-    pub escaped_slashes: EscapedSlashes,
-}
-
-impl Default for PathRules {
-    fn default() -> Self {
-        PathRules {
-            merge_slashes: true,
-            escaped_slashes: EscapedSlashes::Reject,
-        }
-    }
-}
 
 /// Why a path was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,6 @@
 //! value's `line:col` with its TOML path. The checks run in file order (server, cache,
 //! prefetch, routes, redis) and stop at the first problem, so one run names one error.
 
-use crate::normalise::PathRules;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use super::raw::{
 };
 use super::span::Doc;
 use super::units::{log_level, Human, RedisUrl, ValueOr};
+use super::PathRules;
 use super::{
     CacheConfig, CacheMode, Config, ConfigError, PrefetchConfig, QueryKey, RedisConfig,
     RedisSecret, RedisTarget, RouteConfig, ServerConfig, UpstreamDefaults,

@@ -24,7 +24,6 @@ mod admin;
 
 use ipnet::IpNet;
 
-use crate::normalise::PathRules;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -340,6 +339,35 @@ pub struct RouteConfig {
     /// Serve stored fresh responses to requests with `Cache-Control: no-cache` / `max-age=0`
     /// (browser reloads) instead of revalidating each. Default `false` (RFC 9111 as is).
     pub ignore_client_no_cache: bool,
+}
+
+/// What to do with `%2F` / `%5C` in a path (Envoy's `path_with_escaped_slashes_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EscapedSlashes {
+    /// Refuse the request (400): the safe default.
+    #[default]
+    Reject,
+    /// Keep them encoded (upper-cased), as one segment: for APIs with encoded ids.
+    Keep,
+    /// Decode them to `/` before dot segments are removed and the request is routed.
+    Decode,
+}
+
+/// How paths are normalised (`[server]` settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathRules {
+    /// Merge runs of `/` into one.
+    pub merge_slashes: bool,
+    pub escaped_slashes: EscapedSlashes,
+}
+
+impl Default for PathRules {
+    fn default() -> Self {
+        PathRules {
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashes::Reject,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,8 +13,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::units::{ByteSize, CookieName, Human, RedisUrl};
-use super::{CacheMode, LogFormat};
-use crate::normalise::EscapedSlashes;
+use super::{CacheMode, EscapedSlashes, LogFormat};
 
 /// The whole `proxy.toml`. Every section is optional except at least one `[[route]]`.
 #[derive(Deserialize)]

@@ -2,9 +2,6 @@
 //! methods, header names, the upstream URL. Parsed while deserializing so that `toml` reports
 //! a bad value at its own span.
 
-use ipnet::IpNet;
-
-use crate::normalise::EscapedSlashes;
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -12,10 +9,11 @@ use std::time::Duration;
 
 use http::uri::Scheme;
 use http::{HeaderName, Method, Uri};
+use ipnet::IpNet;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use super::{CacheMode, LogFormat};
+use super::{CacheMode, EscapedSlashes, LogFormat};
 
 /// A value written in a human form (`"30s"`, `"8MiB"`, `"127.0.0.1:8080"`) and parsed while
 /// deserializing, so that `toml` reports a bad value at its own position.

@@ -17,8 +17,9 @@ use http::uri::PathAndQuery;
 use http::{Method, Uri};
 use ipnet::IpNet;
 
+use crate::config::PathRules;
 use crate::key::CacheKey;
-use crate::normalise::{self, PathError, PathRules};
+use crate::normalise::{self, PathError};
 use crate::range;
 use crate::route::{Route, Routes};
 

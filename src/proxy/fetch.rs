@@ -17,7 +17,6 @@ use http::{Method, Response, StatusCode};
 use parking_lot::Mutex;
 
 use super::exchange::{content_length, Exchange};
-use super::revalidate::add_validators;
 use super::Proxy;
 use crate::body::{Body, Prefixed};
 use crate::cache::entry::{owned_headers, Entry, StoredBody};
@@ -314,6 +313,20 @@ impl Proxy {
         self.metrics.compression_saved.increment(saved);
         body
     }
+}
+
+/// Add the stored entry's validators to a fetch; `true` when it became conditional.
+fn add_validators(headers: &mut HeaderMap, prev: &Entry) -> bool {
+    let mut conditional = false;
+    if let Some(etag) = prev.headers.get(header::ETAG) {
+        headers.insert(header::IF_NONE_MATCH, etag.clone());
+        conditional = true;
+    }
+    if let Some(lm) = prev.headers.get(header::LAST_MODIFIED) {
+        headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+        conditional = true;
+    }
+    conditional
 }
 
 /// The stored entry, where it may stand in for a failing upstream at `now`.

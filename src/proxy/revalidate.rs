@@ -75,17 +75,3 @@ impl Proxy {
         }
     }
 }
-
-/// Add the stored entry's validators to a fetch; `true` when it became conditional.
-pub(super) fn add_validators(headers: &mut HeaderMap, prev: &Entry) -> bool {
-    let mut conditional = false;
-    if let Some(etag) = prev.headers.get(header::ETAG) {
-        headers.insert(header::IF_NONE_MATCH, etag.clone());
-        conditional = true;
-    }
-    if let Some(lm) = prev.headers.get(header::LAST_MODIFIED) {
-        headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
-        conditional = true;
-    }
-    conditional
-}
