@@ -256,3 +256,23 @@ async fn a_route_can_ignore_client_no_cache() {
     }
     assert_eq!(up.count(&pq), 1);
 }
+
+/// Reloads cannot hammer the upstream: concurrent `no-cache` requests for one key are
+/// coalesced into one revalidation, like misses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_client_no_cache_requests_are_coalesced() {
+    let (up, proxy) = start("").await;
+    let pq = format!("/reload?{CACHED}&delay_ms=300");
+    get(&proxy.url(&pq)).await;
+    let url = proxy.url(&pq);
+    let reloads: Vec<_> = (0..20)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get_with(&url, &[("cache-control", "no-cache")]).await })
+        })
+        .collect();
+    for r in reloads {
+        assert_eq!(r.await.unwrap().status, 200);
+    }
+    assert_eq!(up.count(&pq), 2, "one fetch, then one for all 20 reloads");
+}
