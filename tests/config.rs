@@ -431,6 +431,7 @@ fn minimal_config_gets_all_defaults() {
     assert_eq!(k.compression_level, 3);
     assert_eq!(k.compression_threshold, 1024);
     assert_eq!(k.max_variants, 8);
+    assert!(k.honour_cdn_cache_control);
     assert_eq!(k.default_ttl, Duration::ZERO);
     assert_eq!(k.coalesce_timeout, Duration::from_secs(10));
 

@@ -864,6 +864,64 @@ async fn targeted_fields_take_precedence_over_cache_control() {
     assert_eq!(up.count(&own), 2, "Augur-Cache-Control wins");
 }
 
+/// A config like [`common::config`] with `cache` as the body of its `[cache]` table.
+fn config_with_cache(upstream: std::net::SocketAddr, cache: &str) -> augur::config::Config {
+    let text = format!(
+        r#"
+[admin]
+allow_unauthenticated_loopback = true
+
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[cache]
+memory = "64MiB"
+{cache}
+
+[[route]]
+name = "api"
+upstream = "http://{upstream}"
+"#
+    );
+    augur::config::Config::from_str(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// L14: `[cache] honour_cdn_cache_control = false` (for an origin whose
+/// `CDN-Cache-Control` is meant for its outer CDN only): `Cache-Control` governs, so a
+/// `private` response is not stored whatever `CDN-Cache-Control` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdn_cache_control_can_be_ignored() {
+    let up = TestUpstream::start().await;
+    let off = TestProxy::start(config_with_cache(
+        up.addr,
+        "honour_cdn_cache_control = false",
+    ))
+    .await;
+    let on = TestProxy::start(config(up.addr, "")).await;
+    let p = pq(
+        "/cdn",
+        &[("cc", "private"), ("h_cdn-cache-control", "max-age=60")],
+    );
+    get(&on.url(&p)).await;
+    assert_eq!(
+        get(&on.url(&p)).await.x_cache(),
+        "HIT",
+        "honoured by default"
+    );
+    assert_eq!(up.count(&p), 1);
+    get(&off.url(&p)).await;
+    assert_ne!(get(&off.url(&p)).await.x_cache(), "HIT");
+    assert_eq!(up.count(&p), 3, "Cache-Control: private governs");
+    // Augur's own targeted field still applies.
+    let own = pq(
+        "/cdn",
+        &[("cc", "private"), ("h_augur-cache-control", "max-age=60")],
+    );
+    get(&off.url(&own)).await;
+    assert_eq!(get(&off.url(&own)).await.x_cache(), "HIT");
+}
+
 // ───────────────────────────── ranges (RFC 9110 §14) ─────────────────────────────
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -118,6 +118,9 @@ pub struct CacheConfig {
     /// Augur's own targeted cache-control field (RFC 9213), read before `CDN-Cache-Control`
     /// and `Cache-Control`; `None` = only `CDN-Cache-Control`.
     pub targeted_field: Option<HeaderName>,
+    /// Whether `CDN-Cache-Control` (RFC 9213) governs like a targeted field; `false` for an
+    /// origin that aims it at an outer CDN only.
+    pub honour_cdn_cache_control: bool,
     /// Variants kept per URL when responses `Vary` (RFC 9111 §4.1); the least recently stored
     /// goes first.
     pub max_variants: usize,
@@ -405,6 +408,7 @@ impl Default for CacheConfig {
             coalesce_timeout: Duration::from_secs(10),
             max_heuristic_ttl: Duration::from_secs(24 * 3600),
             targeted_field: Some(HeaderName::from_static("augur-cache-control")),
+            honour_cdn_cache_control: true,
             max_variants: 8,
             invalidate_unknown_methods: false,
         }

@@ -162,6 +162,9 @@ pub(super) struct RawCache {
     /// A cache-control field aimed at Augur alone (RFC 9213 targeted field), taking precedence
     /// over `CDN-Cache-Control` and `Cache-Control`. Default `"Augur-Cache-Control"`; `""` = none.
     pub(super) targeted_field: Option<String>,
+    /// Whether `CDN-Cache-Control` (RFC 9213) takes precedence over `Cache-Control` as it does
+    /// for a CDN; `false` when the origin aims it at an outer CDN only. Default `true`.
+    pub(super) honour_cdn_cache_control: Option<bool>,
     /// Variants stored per URL when responses carry `Vary` (one per combination of the
     /// request headers it names), 1..=1024. Default 8; the least recently stored is dropped
     /// first, so no client can fill the cache with variants of one URL.
