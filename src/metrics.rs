@@ -79,7 +79,7 @@ const L2_HELP: [(&str, &str); 9] = [
     ),
     (
         "augur_l2_writes_total",
-        "L2 (Redis) write-behind SETs by result: ok, error, timeout, skipped, too_large.",
+        "L2 (Redis) write-behind SETs by result: ok, error, timeout, skipped, too_large, busy (max_pending_writes reached).",
     ),
     (
         "augur_l2_duration_seconds",
@@ -217,6 +217,8 @@ pub struct L2Metrics {
     pub set_timeout: Counter,
     pub set_skipped: Counter,
     pub set_too_large: Counter,
+    /// Not written: `[redis] max_pending_writes` SETs were already in flight.
+    pub set_busy: Counter,
     /// `augur_l2_duration_seconds{op}`
     pub get_duration: Histogram,
     pub set_duration: Histogram,
@@ -341,6 +343,7 @@ impl Metrics {
             set_timeout: set("timeout"),
             set_skipped: set("skipped"),
             set_too_large: set("too_large"),
+            set_busy: set("busy"),
             get_duration: dur("get"),
             set_duration: dur("set"),
             breaker_state: gauge(r, "augur_l2_breaker_state"),

@@ -241,6 +241,12 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "must be at least 1",
     ),
     (
+        "redis_max_pending_writes_zero.toml",
+        "3:22",
+        "redis.max_pending_writes",
+        "must be at least 1",
+    ),
+    (
         "redis_ca_file_missing.toml",
         "3:11",
         "redis.ca_file",
@@ -676,6 +682,7 @@ fn redis_secret_from_a_file_or_the_environment_and_never_echoed() {
     let r = c.redis.unwrap();
     assert_eq!(r.secret.unwrap().expose(), b"a secret from the environment");
     assert_eq!(r.pubsub_heartbeat, Duration::from_secs(5));
+    assert_eq!(r.max_pending_writes, 256);
     assert_eq!(
         r.max_body_size,
         2 * 1024 * 1024,

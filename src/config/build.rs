@@ -215,6 +215,7 @@ fn build_redis(doc: &Doc, r: RawRedis, max_body_size: u64) -> Result<RedisConfig
         ca_pem,
         secret,
         pubsub_heartbeat: r.pubsub_heartbeat.value_or(d.pubsub_heartbeat),
+        max_pending_writes: r.max_pending_writes.unwrap_or(d.max_pending_writes),
         max_body_size,
         target: d.target,
     })

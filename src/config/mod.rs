@@ -169,6 +169,8 @@ pub struct RedisConfig {
     /// How often the invalidation subscription is PINGed; no answer within `connect_timeout`
     /// means it is lost.
     pub pubsub_heartbeat: Duration,
+    /// Write-behind SETs in flight at once; past it a write is skipped (the entry stays in L1).
+    pub max_pending_writes: usize,
     /// The largest decoded body a value from Redis may declare: `cache.max_entry_size`, copied
     /// here at load (no stored body is larger), not a key of its own.
     pub max_body_size: u64,
@@ -229,6 +231,7 @@ impl RedisConfig {
             ca_pem: None,
             secret: None,
             pubsub_heartbeat: Duration::from_secs(5),
+            max_pending_writes: 256,
             max_body_size: CacheConfig::default().max_entry_size,
         }
     }

@@ -207,6 +207,9 @@ pub(super) struct RawRedis {
     pub(super) secret: Option<serde::de::IgnoredAny>,
     /// How often the invalidation subscription is PINGed. Default `"5s"`, above 0.
     pub(super) pubsub_heartbeat: Option<Human<Duration>>,
+    /// Write-behind SETs in flight at once; past it a write is skipped and counted
+    /// (`augur_l2_writes_total{result="busy"}`). Default 256, at least 1.
+    pub(super) max_pending_writes: Option<usize>,
 }
 
 /// `[prefetch]`
