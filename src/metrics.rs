@@ -113,7 +113,7 @@ const L2_HELP: [(&str, &str); 9] = [
 
 /// The help text of the connection and in-flight limits' series, registered by
 /// [`Metrics::connections`] and [`Metrics::upstream_limits`].
-const LIMITS_HELP: [(&str, &str); 5] = [
+const LIMITS_HELP: [(&str, &str); 6] = [
     ("augur_connections_open", "Client connections open now."),
     (
         "augur_connections_refused_total",
@@ -131,6 +131,10 @@ const LIMITS_HELP: [(&str, &str); 5] = [
         "augur_upstream_store_skipped_total",
         "Storable responses streamed through unstored because upstream.max_inflight_bytes was spent.",
     ),
+    (
+        "augur_upstream_retries_total",
+        "GET/HEAD requests retried once on a fresh upstream connection after failing before any response byte (a stale keep-alive).",
+    ),
 ];
 
 /// Handles of the client connection limits (`[server]`).
@@ -147,6 +151,8 @@ pub struct ConnMetrics {
 pub struct UpstreamLimitMetrics {
     pub inflight_bytes: Gauge,
     pub store_skipped: Counter,
+    /// `augur_upstream_retries_total`
+    pub retries: Counter,
 }
 
 /// Per-route handles.
@@ -383,6 +389,7 @@ impl Metrics {
         UpstreamLimitMetrics {
             inflight_bytes: gauge(r, "augur_upstream_inflight_bytes"),
             store_skipped: counter(r, "augur_upstream_store_skipped_total", &[]),
+            retries: counter(r, "augur_upstream_retries_total", &[]),
         }
     }
 

@@ -429,7 +429,7 @@ fn minimal_config_gets_all_defaults() {
     assert_eq!(u.connect_timeout, Duration::from_secs(2));
     assert_eq!(u.timeout, Duration::from_secs(30));
     assert_eq!(u.max_connections, 256);
-    assert_eq!(u.idle_timeout, Duration::from_secs(90));
+    assert_eq!(u.idle_timeout, Duration::from_secs(4));
 
     let k = &c.cache;
     assert_eq!(k.memory, 256 << 20);

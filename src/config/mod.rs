@@ -393,7 +393,10 @@ impl Default for UpstreamDefaults {
             connect_timeout: Duration::from_secs(2),
             timeout: Duration::from_secs(30),
             max_connections: 256,
-            idle_timeout: Duration::from_secs(90),
+            // Below common upstream keep-alive timeouts (Node and Apache 5 s, nginx 75 s), so
+            // Augur drops an idle connection before the upstream closes it; the race that is
+            // left is covered by the retry in `upstream` (review L12). Gunicorn (2 s) needs less.
+            idle_timeout: Duration::from_secs(4),
             body_timeout: Duration::from_secs(300),
             max_inflight_bytes: 256 * MIB,
         }

@@ -125,7 +125,8 @@ pub(super) struct RawUpstream {
     pub(super) timeout: Option<Human<Duration>>,
     /// Concurrent connections per upstream. Default 256, at least 1.
     pub(super) max_connections: Option<usize>,
-    /// How long a pooled keep-alive connection may stay idle. Default `"90s"`.
+    /// How long a pooled keep-alive connection may stay idle; keep it below the upstream's
+    /// own keep-alive timeout. Default `"4s"`.
     pub(super) idle_timeout: Option<Human<Duration>>,
     /// Total time an upstream response body may take, from its head to its last byte, whether
     /// buffered for the store or streamed to a client; past it the body is cut and its
