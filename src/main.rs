@@ -1,5 +1,9 @@
 //! The `augur` binary: parse the CLI, load and validate the config (exit non-zero before
 //! binding anything if it is wrong), set up logging, bind, serve until SIGTERM / ctrl-c.
+//!
+//! Signals: the first SIGTERM or ctrl-c drains (up to `shutdown_grace`), a second one exits at
+//! once with status 1; SIGHUP is logged and ignored (no reload yet), rather than killing the
+//! process as its default action would.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -112,6 +116,8 @@ fn serve(path: &Path, demo: bool) -> anyhow::Result<()> {
         if demo {
             start_demo(&config).await?;
         }
+        // Before anything is bound, so that no signal finds its default action (death).
+        let shutdown = watch_signals().context("installing signal handlers")?;
         let instance = Instance::new(&config, Clock::System).map_err(|e| anyhow::anyhow!(e))?;
         let listeners = Listeners::bind(&config).await?;
         if demo {
@@ -126,7 +132,10 @@ fn serve(path: &Path, demo: bool) -> anyhow::Result<()> {
             );
             println!("Press ctrl-c to stop.");
         }
-        server::run(config, instance, listeners, shutdown_signal()).await?;
+        server::run(config, instance, listeners, async {
+            let _ = shutdown.await;
+        })
+        .await?;
         Ok(())
     })
 }
@@ -166,25 +175,67 @@ fn init_tracing(config: &Config) {
     }
 }
 
-/// SIGTERM (orchestrators) or ctrl-c (a terminal).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// The exit status when a second signal cuts the drain short.
+const FORCED_EXIT: i32 = 1;
+
+/// Watch for signals until the process ends; the receiver resolves at the first SIGTERM
+/// (orchestrators) or ctrl-c (a terminal), which starts the drain. The handlers stay
+/// installed, so without this watcher a second signal would be swallowed and an operator
+/// could only SIGKILL (security review L13): a second one exits at once, without draining or
+/// saving the prefetch model. SIGHUP is logged and ignored.
+#[cfg(unix)]
+fn watch_signals() -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut first = Some(tx);
+        loop {
+            let name = tokio::select! {
+                Some(()) = term.recv() => "SIGTERM",
+                Some(()) = int.recv() => "SIGINT",
+                Some(()) = hup.recv() => {
+                    tracing::warn!("SIGHUP received: configuration reload is not supported yet (restart to apply a new config); still running");
+                    continue;
+                }
+                else => return,
+            };
+            shutdown_or_exit(&mut first, name);
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    });
+    Ok(rx)
+}
+
+#[cfg(not(unix))]
+fn watch_signals() -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut first = Some(tx);
+        while tokio::signal::ctrl_c().await.is_ok() {
+            shutdown_or_exit(&mut first, "ctrl-c");
+        }
+    });
+    Ok(rx)
+}
+
+/// The first shutdown signal starts the drain; the next one ends the process.
+fn shutdown_or_exit(first: &mut Option<tokio::sync::oneshot::Sender<()>>, name: &str) {
+    match first.take() {
+        Some(tx) => {
+            tracing::info!(
+                signal = name,
+                "shutdown signal received (send another to exit at once)"
+            );
+            let _ = tx.send(());
+        }
+        None => {
+            tracing::warn!(
+                signal = name,
+                "second shutdown signal: exiting now, without draining"
+            );
+            std::process::exit(FORCED_EXIT);
+        }
     }
-    tracing::info!("shutdown signal received");
 }

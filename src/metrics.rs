@@ -79,7 +79,7 @@ const L2_HELP: [(&str, &str); 9] = [
     ),
     (
         "augur_l2_writes_total",
-        "L2 (Redis) write-behind SETs by result: ok, error, timeout, skipped, too_large.",
+        "L2 (Redis) write-behind SETs by result: ok, error, timeout, skipped, too_large, busy (max_pending_writes reached).",
     ),
     (
         "augur_l2_duration_seconds",
@@ -113,7 +113,7 @@ const L2_HELP: [(&str, &str); 9] = [
 
 /// The help text of the connection and in-flight limits' series, registered by
 /// [`Metrics::connections`] and [`Metrics::upstream_limits`].
-const LIMITS_HELP: [(&str, &str); 5] = [
+const LIMITS_HELP: [(&str, &str); 6] = [
     ("augur_connections_open", "Client connections open now."),
     (
         "augur_connections_refused_total",
@@ -131,6 +131,10 @@ const LIMITS_HELP: [(&str, &str); 5] = [
         "augur_upstream_store_skipped_total",
         "Storable responses streamed through unstored because upstream.max_inflight_bytes was spent.",
     ),
+    (
+        "augur_upstream_retries_total",
+        "GET/HEAD requests retried once on a fresh upstream connection after failing before any response byte (a stale keep-alive).",
+    ),
 ];
 
 /// Handles of the client connection limits (`[server]`).
@@ -147,6 +151,8 @@ pub struct ConnMetrics {
 pub struct UpstreamLimitMetrics {
     pub inflight_bytes: Gauge,
     pub store_skipped: Counter,
+    /// `augur_upstream_retries_total`
+    pub retries: Counter,
 }
 
 /// Per-route handles.
@@ -217,6 +223,8 @@ pub struct L2Metrics {
     pub set_timeout: Counter,
     pub set_skipped: Counter,
     pub set_too_large: Counter,
+    /// Not written: `[redis] max_pending_writes` SETs were already in flight.
+    pub set_busy: Counter,
     /// `augur_l2_duration_seconds{op}`
     pub get_duration: Histogram,
     pub set_duration: Histogram,
@@ -341,6 +349,7 @@ impl Metrics {
             set_timeout: set("timeout"),
             set_skipped: set("skipped"),
             set_too_large: set("too_large"),
+            set_busy: set("busy"),
             get_duration: dur("get"),
             set_duration: dur("set"),
             breaker_state: gauge(r, "augur_l2_breaker_state"),
@@ -380,6 +389,7 @@ impl Metrics {
         UpstreamLimitMetrics {
             inflight_bytes: gauge(r, "augur_upstream_inflight_bytes"),
             store_skipped: counter(r, "augur_upstream_store_skipped_total", &[]),
+            retries: counter(r, "augur_upstream_retries_total", &[]),
         }
     }
 

@@ -10,6 +10,10 @@
 //! `upstream.body_timeout` for the whole body. Bodies buffered for the store draw on one
 //! byte budget shared by all routes (`upstream.max_inflight_bytes`, [`Inflight`]); a miss
 //! that finds it spent streams through unstored instead of adding to the peak.
+//!
+//! A GET or HEAD without a body that fails before any response byte (a pooled keep-alive the
+//! upstream closed as it was reused, e.g. after an upstream restart) is sent once more on a
+//! fresh connection: safe for these methods (RFC 9110 §9.2.2), and it spares the client a 502.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -121,6 +125,10 @@ impl Drop for Buffer {
 /// One route's upstream.
 pub struct Upstream {
     client: Client<HttpConnector, Body>,
+    /// The same client without a pool: every request on it opens a new connection. Used only
+    /// for the one retry after a pooled connection failed.
+    fresh: Client<HttpConnector, Body>,
+    retries: metrics::Counter,
     scheme: Scheme,
     authority: Authority,
     base_path: String,
@@ -135,10 +143,11 @@ impl Upstream {
     /// One upstream per route, in route order, sharing one [`Inflight`] byte budget.
     pub fn all(config: &Config, metrics: &Metrics) -> Result<Vec<Upstream>, String> {
         let inflight = Arc::new(Inflight::new(config.upstream.max_inflight_bytes, metrics));
+        let retries = metrics.upstream_limits().retries;
         config
             .routes
             .iter()
-            .map(|r| Upstream::new(r, config, inflight.clone()))
+            .map(|r| Upstream::new(r, config, inflight.clone(), retries.clone()))
             .collect()
     }
 
@@ -146,6 +155,7 @@ impl Upstream {
         route: &RouteConfig,
         config: &Config,
         inflight: Arc<Inflight>,
+        retries: metrics::Counter,
     ) -> Result<Upstream, String> {
         let idle_timeout = config.upstream.idle_timeout;
         let uri = &route.upstream;
@@ -163,14 +173,18 @@ impl Upstream {
         connector.set_connect_timeout(Some(route.connect_timeout));
         connector.set_nodelay(true);
         connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(idle_timeout)
-            .pool_max_idle_per_host(route.max_connections)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+        let client = |max_idle: usize| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(idle_timeout)
+                .pool_max_idle_per_host(max_idle)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .build(connector.clone())
+        };
         Ok(Upstream {
-            client,
+            client: client(route.max_connections),
+            fresh: client(0),
+            retries,
             scheme: uri.scheme().cloned().unwrap_or(Scheme::HTTP),
             authority,
             base_path: uri.path().trim_end_matches('/').to_owned(),
@@ -209,10 +223,10 @@ impl Upstream {
             .build()
             .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
         headers.insert(header::HOST, self.host.clone());
-        let mut req = Request::new(body);
-        *req.method_mut() = method;
-        *req.uri_mut() = uri;
-        *req.headers_mut() = headers;
+        // Kept for the retry: only a request without a body can be sent twice as it was.
+        let again = ((method == Method::GET || method == Method::HEAD) && body.is_end_stream())
+            .then(|| (method.clone(), uri.clone(), headers.clone()));
+        let req = request(method, uri, headers, body);
 
         let attempt = async {
             let permit = self
@@ -221,7 +235,18 @@ impl Upstream {
                 .acquire_owned()
                 .await
                 .map_err(|_| ProxyError::UpstreamConnect("shutting down".into()))?;
-            let resp = self.client.request(req).await.map_err(classify)?;
+            let resp = match (self.client.request(req).await, again) {
+                (Ok(resp), _) => resp,
+                // Not a connect error: a connection was there and failed before any response
+                // byte. A connect error is not retried: a new connection would fail the same.
+                (Err(e), Some((method, uri, headers))) if !e.is_connect() => {
+                    tracing::debug!(error = %e, "upstream connection failed before a response; retrying once on a fresh connection");
+                    self.retries.increment(1);
+                    let retry = request(method, uri, headers, Body::empty());
+                    self.fresh.request(retry).await.map_err(classify)?
+                }
+                (Err(e), _) => return Err(classify(e)),
+            };
             Ok::<_, ProxyError>(resp.map(|b| UpstreamBody {
                 body: Deadline::new(Holding::new(b, permit), self.timeout, self.body_timeout),
                 inflight: self.inflight.clone(),
@@ -232,6 +257,14 @@ impl Upstream {
             Err(_) => Err(ProxyError::UpstreamTimeout(self.timeout)),
         }
     }
+}
+
+fn request(method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Request<Body> {
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    req
 }
 
 fn classify(e: hyper_util::client::legacy::Error) -> ProxyError {

@@ -241,6 +241,12 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "must be at least 1",
     ),
     (
+        "redis_max_pending_writes_zero.toml",
+        "3:22",
+        "redis.max_pending_writes",
+        "must be at least 1",
+    ),
+    (
         "redis_ca_file_missing.toml",
         "3:11",
         "redis.ca_file",
@@ -423,7 +429,7 @@ fn minimal_config_gets_all_defaults() {
     assert_eq!(u.connect_timeout, Duration::from_secs(2));
     assert_eq!(u.timeout, Duration::from_secs(30));
     assert_eq!(u.max_connections, 256);
-    assert_eq!(u.idle_timeout, Duration::from_secs(90));
+    assert_eq!(u.idle_timeout, Duration::from_secs(4));
 
     let k = &c.cache;
     assert_eq!(k.memory, 256 << 20);
@@ -431,6 +437,7 @@ fn minimal_config_gets_all_defaults() {
     assert_eq!(k.compression_level, 3);
     assert_eq!(k.compression_threshold, 1024);
     assert_eq!(k.max_variants, 8);
+    assert!(k.honour_cdn_cache_control);
     assert_eq!(k.default_ttl, Duration::ZERO);
     assert_eq!(k.coalesce_timeout, Duration::from_secs(10));
 
@@ -675,6 +682,7 @@ fn redis_secret_from_a_file_or_the_environment_and_never_echoed() {
     let r = c.redis.unwrap();
     assert_eq!(r.secret.unwrap().expose(), b"a secret from the environment");
     assert_eq!(r.pubsub_heartbeat, Duration::from_secs(5));
+    assert_eq!(r.max_pending_writes, 256);
     assert_eq!(
         r.max_body_size,
         2 * 1024 * 1024,

@@ -486,3 +486,42 @@ upstream = "http://{}"
     })
     .await;
 }
+
+/// L12: an upstream restart leaves the proxy's pooled keep-alive connections stale: a GET
+/// sent on one fails before any response byte. Such a GET is retried once on a fresh
+/// connection, so a client that keeps sending misses through the restart sees no failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gets_on_stale_pooled_connections_survive_an_upstream_restart() {
+    let old = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(old.addr, "", "", "")).await;
+    let misses = |round: usize| {
+        let urls: Vec<String> = (0..4)
+            .map(|i| proxy.url(&format!("/restart/{round}/{i}")))
+            .collect();
+        async move {
+            let all = urls.iter().map(|u| fetch(u));
+            futures_util::future::join_all(all).await
+        }
+    };
+    // Four connections in the pool (four misses at once, never stored: no freshness).
+    for round in 0..3 {
+        for (got, _) in misses(round).await {
+            assert_eq!(got, Ok(200));
+        }
+    }
+    // The old process stops answering on the connections it had, the new one listens on the
+    // same port.
+    old.stop();
+    let new = TestUpstream::start_on(old.addr).await;
+    let mut failed = Vec::new();
+    for round in 3..13 {
+        for (got, _) in misses(round).await {
+            if got != Ok(200) {
+                failed.push(got);
+            }
+        }
+    }
+    assert!(failed.is_empty(), "failed GETs: {failed:?}");
+    assert_eq!(new.total(), 40, "every miss reached the new upstream once");
+    assert!(proxy.metric("augur_upstream_retries_total").await >= 1.0);
+}

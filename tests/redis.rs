@@ -879,3 +879,47 @@ async fn unsafe_requests_do_not_wait_for_a_hung_redis() {
     );
     assert_eq!(after.x_cache(), "MISS", "dropped from this L1 at once");
 }
+
+/// Write-behinds (skipped as busy, run) so far.
+async fn write_outcomes(proxy: &TestProxy) -> (f64, f64) {
+    let metric = |result: &str| format!("augur_l2_writes_total{{result=\"{result}\"}}");
+    let mut ran = 0.0;
+    for result in ["ok", "error", "timeout"] {
+        ran += proxy.metric(&metric(result)).await;
+    }
+    (proxy.metric(&metric("busy")).await, ran)
+}
+
+/// L7: write-behind tasks are capped (`[redis] max_pending_writes`): while Redis hangs, a
+/// burst of storable misses spawns at most that many SETs; the rest are skipped and counted,
+/// and every response is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_behind_is_capped_while_redis_hangs() {
+    let redis = RedisServer::start();
+    let up = TestUpstream::start().await;
+    let section = format!(
+        "\n[redis]\nurl = \"{}\"\nkey_prefix = \"{PREFIX}\"\ntimeout = \"1s\"\nbreaker_errors = 1000\nmax_pending_writes = 2\n{}\n",
+        redis.url(),
+        secret_line()
+    );
+    let proxy = TestProxy::start(config(up.addr, &section)).await;
+    l2_ready(&proxy).await;
+    redis.freeze(true);
+    // Eight misses at once: their L2 lookups time out together, then each writes behind.
+    let urls: Vec<String> = (0..8)
+        .map(|i| proxy.url(&format!("/burst/{i}?{CACHED}")))
+        .collect();
+    let got = futures_util::future::join_all(urls.iter().map(|u| get(u))).await;
+    // Every write ends one way: skipped as busy, or run and failed against the hung Redis.
+    let settled = common::poll(Duration::from_secs(10), || async {
+        let (busy, ran) = write_outcomes(&proxy).await;
+        busy + ran >= 8.0
+    })
+    .await;
+    let (busy, ran) = write_outcomes(&proxy).await;
+    redis.freeze(false);
+    assert!(got.iter().all(|g| g.status == 200));
+    assert!(settled, "busy {busy} + ran {ran} writes, of 8");
+    assert!(ran <= 2.0, "at most 2 SETs pending at once, {ran} ran");
+    assert!(busy >= 4.0, "the rest skipped: {busy}");
+}

@@ -434,6 +434,57 @@ async fn client_conditional_requests_get_304_from_a_fresh_entry() {
     assert_eq!(up.count(&p), 1);
 }
 
+/// L5: the zstd coding of a stored body is another representation (RFC 9110 §8.8.3): it
+/// carries a weak validator, never the identity body's strong one, and a client that cached
+/// it still gets a 304 (weak comparison, §13.1.2) while `If-Range` with it never yields a
+/// range of the identity bytes (strong comparison, §13.1.5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_zstd_coding_has_its_own_validator() {
+    let (up, proxy) = start("").await;
+    let p = pq(
+        "/coded",
+        &[("cc", "max-age=60"), ("size", "5000"), ("h_etag", "\"z\"")],
+    );
+    let zstd = [("accept-encoding", "zstd")];
+    let coded = get_with(&proxy.url(&p), &zstd).await;
+    assert_eq!(coded.header("content-encoding"), "zstd");
+    assert_eq!(coded.header("etag"), "W/\"z\"", "weak for the zstd coding");
+    let plain = get(&proxy.url(&p)).await;
+    assert_eq!(
+        (plain.x_cache(), plain.header("content-encoding")),
+        ("HIT", "")
+    );
+    assert_eq!(
+        plain.header("etag"),
+        "\"z\"",
+        "the identity body keeps the strong tag"
+    );
+
+    let revalidate = [("accept-encoding", "zstd"), ("if-none-match", "W/\"z\"")];
+    let nm = get_with(&proxy.url(&p), &revalidate).await;
+    assert_eq!(
+        nm.status, 304,
+        "the client's copy of the zstd coding is current"
+    );
+    assert_eq!(
+        nm.header("etag"),
+        "W/\"z\"",
+        "the 304 names the coding it validates"
+    );
+    let nm = get_with(&proxy.url(&p), &[("if-none-match", "W/\"z\"")]).await;
+    assert_eq!(
+        nm.status, 304,
+        "weak comparison: the same body in another coding"
+    );
+    assert_eq!(nm.header("etag"), "\"z\"");
+
+    let resume = [("range", "bytes=0-9"), ("if-range", "W/\"z\"")];
+    let whole = get_with(&proxy.url(&p), &resume).await;
+    assert_eq!(whole.status, 200, "no identity range for a zstd validator");
+    assert_eq!(whole.body.len(), 5000);
+    assert_eq!(up.count(&p), 1);
+}
+
 // ───────────────────────────── stale content (RFC 5861) ─────────────────────────────
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -811,6 +862,64 @@ async fn targeted_fields_take_precedence_over_cache_control() {
     get(&proxy.url(&own)).await;
     get(&proxy.url(&own)).await;
     assert_eq!(up.count(&own), 2, "Augur-Cache-Control wins");
+}
+
+/// A config like [`common::config`] with `cache` as the body of its `[cache]` table.
+fn config_with_cache(upstream: std::net::SocketAddr, cache: &str) -> augur::config::Config {
+    let text = format!(
+        r#"
+[admin]
+allow_unauthenticated_loopback = true
+
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[cache]
+memory = "64MiB"
+{cache}
+
+[[route]]
+name = "api"
+upstream = "http://{upstream}"
+"#
+    );
+    augur::config::Config::from_str(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// L14: `[cache] honour_cdn_cache_control = false` (for an origin whose
+/// `CDN-Cache-Control` is meant for its outer CDN only): `Cache-Control` governs, so a
+/// `private` response is not stored whatever `CDN-Cache-Control` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdn_cache_control_can_be_ignored() {
+    let up = TestUpstream::start().await;
+    let off = TestProxy::start(config_with_cache(
+        up.addr,
+        "honour_cdn_cache_control = false",
+    ))
+    .await;
+    let on = TestProxy::start(config(up.addr, "")).await;
+    let p = pq(
+        "/cdn",
+        &[("cc", "private"), ("h_cdn-cache-control", "max-age=60")],
+    );
+    get(&on.url(&p)).await;
+    assert_eq!(
+        get(&on.url(&p)).await.x_cache(),
+        "HIT",
+        "honoured by default"
+    );
+    assert_eq!(up.count(&p), 1);
+    get(&off.url(&p)).await;
+    assert_ne!(get(&off.url(&p)).await.x_cache(), "HIT");
+    assert_eq!(up.count(&p), 3, "Cache-Control: private governs");
+    // Augur's own targeted field still applies.
+    let own = pq(
+        "/cdn",
+        &[("cc", "private"), ("h_augur-cache-control", "max-age=60")],
+    );
+    get(&off.url(&own)).await;
+    assert_eq!(get(&off.url(&own)).await.x_cache(), "HIT");
 }
 
 // ───────────────────────────── ranges (RFC 9110 §14) ─────────────────────────────

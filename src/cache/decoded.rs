@@ -1,30 +1,44 @@
 //! Decompressed copies of hot zstd entries, beside L1, on the response path: a client that
 //! does not accept zstd is served the identity body, and a hot compressed entry is decompressed
-//! once rather than on every such hit. Keyed like L1 and tagged with the entry each body came
-//! from, so a replaced entry never serves an old body. Byte-bounded; `Cache` takes its share
-//! out of the memory budget.
+//! once rather than on every such hit. Keyed like L1 and tied to the exact frame each body was
+//! decoded from, so a replaced entry never serves an old body. Byte-bounded; `Cache` takes its
+//! share out of the memory budget.
 
 use bytes::Bytes;
 
 use super::entry::{CodecError, Entry, StoredBody};
 use crate::key::CacheKey;
 
-/// Which stored entry a decoded body belongs to: a replaced entry never serves an old body.
-fn identity_tag(entry: &Entry) -> u64 {
-    (std::ptr::from_ref(entry) as usize as u64) ^ entry.response_time
+/// A decoded body and the frame it was decoded from. Holding the frame (a reference count, no
+/// copy) keeps its bytes allocated, so no other frame can live at that address while this copy
+/// exists: "same address and length as the held frame" then means "this very frame", with no
+/// tag that a reused address or an equal timestamp could fake (security review L4).
+#[derive(Clone)]
+struct Decoded {
+    frame: Bytes,
+    body: Bytes,
+}
+
+impl Decoded {
+    /// Whether `frame` is the frame this body was decoded from: two word comparisons, no
+    /// allocation on the hit path.
+    fn is_of(&self, frame: &Bytes) -> bool {
+        self.frame.as_ptr() == frame.as_ptr() && self.frame.len() == frame.len()
+    }
 }
 
 #[derive(Clone)]
 struct ByLen;
 
-impl quick_cache::Weighter<CacheKey, (u64, Bytes)> for ByLen {
-    fn weight(&self, _key: &CacheKey, val: &(u64, Bytes)) -> u64 {
-        val.1.len() as u64 + 64
+impl quick_cache::Weighter<CacheKey, Decoded> for ByLen {
+    /// The frame counts too: held here, it outlives an entry evicted from L1.
+    fn weight(&self, _key: &CacheKey, val: &Decoded) -> u64 {
+        (val.body.len() + val.frame.len()) as u64 + 64
     }
 }
 
 pub(super) struct DecodedBodies {
-    cache: quick_cache::sync::Cache<CacheKey, (u64, Bytes), ByLen>,
+    cache: quick_cache::sync::Cache<CacheKey, Decoded, ByLen>,
 }
 
 impl DecodedBodies {
@@ -38,10 +52,12 @@ impl DecodedBodies {
     /// Remember the uncompressed body of a compressed `entry` just built from `identity`, so
     /// that serving it does not decompress it again.
     pub(super) fn seed(&self, key: &CacheKey, entry: &Entry, identity: Bytes) {
-        if matches!(entry.body, StoredBody::Zstd { .. }) {
-            let tag = identity_tag(entry);
-            self.cache
-                .insert(*key, (tag, Bytes::copy_from_slice(&identity)));
+        if let StoredBody::Zstd { frame, .. } = &entry.body {
+            let decoded = Decoded {
+                frame: frame.clone(),
+                body: Bytes::copy_from_slice(&identity),
+            };
+            self.cache.insert(*key, decoded);
         }
     }
 
@@ -49,16 +65,18 @@ impl DecodedBodies {
     pub(super) fn identity_body(&self, key: &CacheKey, entry: &Entry) -> Result<Bytes, CodecError> {
         match &entry.body {
             StoredBody::Raw(b) => Ok(b.clone()),
-            StoredBody::Zstd { .. } => {
-                // Tag with the entry's identity so a replaced entry never serves an old body.
-                let tag = identity_tag(entry);
-                if let Some((t, body)) = self.cache.get(key) {
-                    if t == tag {
-                        return Ok(body);
+            StoredBody::Zstd { frame, .. } => {
+                if let Some(d) = self.cache.get(key) {
+                    if d.is_of(frame) {
+                        return Ok(d.body);
                     }
                 }
                 let body = entry.body.decoded()?;
-                self.cache.insert(*key, (tag, body.clone()));
+                let decoded = Decoded {
+                    frame: frame.clone(),
+                    body: body.clone(),
+                };
+                self.cache.insert(*key, decoded);
                 Ok(body)
             }
         }
@@ -121,5 +139,22 @@ mod tests {
         assert_eq!(d.identity_body(&key, &old).unwrap(), &body[..]);
         d.clear();
         assert_eq!(d.weight(), 0);
+    }
+
+    /// L4: a replacement built at the very address of the entry it replaces, with the same
+    /// response time (same millisecond), is still decoded afresh, never served the old body.
+    #[test]
+    fn a_replacement_at_the_same_address_in_the_same_millisecond_is_not_served_the_old_body() {
+        let d = DecodedBodies::new(1 << 20);
+        let key = CacheKey([2; 16]);
+        let (old_body, new_body) = ([b'o'; 4096], [b'n'; 4096]);
+        let mut slot = zstd_entry(&old_body);
+        d.seed(&key, &slot, Bytes::copy_from_slice(&old_body));
+        let before = std::ptr::from_ref(&slot);
+        // Assigned in place: same address, same `response_time`, another body.
+        slot = zstd_entry(&new_body);
+        assert_eq!(std::ptr::from_ref(&slot), before);
+        let served = d.identity_body(&key, &slot).unwrap();
+        assert!(served == new_body[..], "served the replaced entry's body");
     }
 }

@@ -240,6 +240,22 @@ impl Entry {
         ENTRY_OVERHEAD + headers + self.body.stored_len()
     }
 
+    /// The exact length of [`Entry::seal`]'s output, computed without encoding anything: a
+    /// store checks it against its limit before it pays for the copy and the MAC.
+    pub fn sealed_len(&self) -> u64 {
+        // magic, version, status, four u64 times, flags, two u64 windows, header count.
+        const FIXED: u64 = 4 + 1 + 2 + 4 * 8 + 1 + 2 * 8 + 2;
+        // kind, decoded len, stored len.
+        const BODY: u64 = 1 + 8 + 4;
+        let headers: u64 = self
+            .headers
+            .iter()
+            .take(usize::from(u16::MAX))
+            .map(|(k, v)| (2 + k.as_str().len() + 4 + v.len()) as u64)
+            .sum();
+        FIXED + headers + BODY + self.body.stored_len() + TAG_LEN as u64
+    }
+
     /// The versioned binary form, sealed to `name` (the Redis key it is stored under).
     ///
     /// Layout (big-endian): `"AUGE"`, version u8, status u16, request_time u64, response_time u64,
@@ -528,6 +544,19 @@ mod tests {
         level: 3,
         threshold: 64,
     };
+
+    #[test]
+    fn sealed_len_is_the_sealed_length() {
+        let seal = Seal::new(Some(b"sixteen bytes at least, yes"));
+        for body in [&b""[..], b"short", &[b'j'; 5000][..]] {
+            let c = Compression {
+                level: 3,
+                threshold: 16,
+            };
+            let e = sample(body, c);
+            assert_eq!(e.sealed_len(), e.seal(&seal, b"augur:k").len() as u64);
+        }
+    }
 
     #[test]
     fn compresses_only_when_smaller_and_above_threshold() {

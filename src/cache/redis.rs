@@ -28,6 +28,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
+
 use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::{Mutex, RwLock};
@@ -148,6 +150,9 @@ pub struct L2 {
     /// Why there is no subscription (while `subscribed` is false).
     sub_error: Mutex<Option<String>>,
     metrics: L2Metrics,
+    /// Write-behind SETs in flight (`max_pending_writes`): a hung Redis holds each for up to
+    /// `timeout`, and without a cap the spawned tasks grow with the miss rate.
+    writes: Arc<Semaphore>,
 }
 
 impl L2 {
@@ -176,6 +181,9 @@ impl L2 {
             subscribed: AtomicBool::new(false),
             sub_error: Mutex::new(Some("subscribing to invalidations".to_owned())),
             metrics,
+            writes: Arc::new(Semaphore::new(
+                cfg.max_pending_writes.clamp(1, Semaphore::MAX_PERMITS),
+            )),
         }
     }
 
@@ -260,27 +268,33 @@ impl L2 {
         if ttl_ms == 0 {
             return;
         }
+        let m = &self.metrics;
+        // Never write what a reader refuses, and know it before encoding anything (security
+        // review L7: an 8 MiB body was copied and hashed only to be dropped).
+        if entry.headers.len() > MAX_HEADERS || entry.sealed_len() > self.limits.max_value {
+            m.set_too_large.increment(1);
+            return;
+        }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // At most `max_pending_writes` tasks: past it the write is skipped (the entry stays
+        // in L1, and the next miss elsewhere in the fleet writes it).
+        let Ok(permit) = self.writes.clone().try_acquire_owned() else {
+            m.set_busy.increment(1);
+            return;
+        };
+        // Asked last: a half-open breaker lets exactly one operation probe, and this one will.
+        let Some(conn) = self.usable() else {
+            m.set_skipped.increment(1);
             return;
         };
         let this = self.clone();
         rt.spawn(async move {
+            let _permit = permit;
             let m = &this.metrics;
-            let Some(conn) = this.usable() else {
-                m.set_skipped.increment(1);
-                return;
-            };
-            // Never write what a reader refuses.
-            if entry.headers.len() > MAX_HEADERS {
-                m.set_too_large.increment(1);
-                return;
-            }
             let name = this.redis_key(&key);
             let value = entry.seal(&this.seal, name.as_bytes());
-            if value.len() as u64 > this.limits.max_value {
-                m.set_too_large.increment(1);
-                return;
-            }
             // Built in place: `.clone()` of a built command would copy the encoded entry again.
             let mut cmd = redis::cmd("SET");
             cmd.arg(name).arg(value.as_ref()).arg("PX").arg(ttl_ms);
@@ -815,6 +829,36 @@ mod tests {
         let garbage = seal.seal(ch.as_bytes(), b"key:zz");
         assert_eq!(Invalidation::decode(&garbage, &seal, ch), None);
         assert_eq!(Invalidation::decode(b"\xff", &seal, ch), None);
+    }
+
+    /// L7: an entry too large for L2 is refused before anything is encoded or spawned: it
+    /// is counted at once, whatever state L2 is in (here: never connected).
+    #[tokio::test]
+    async fn an_entry_too_large_for_l2_is_refused_before_any_work() {
+        let text = "[redis]\nurl = \"redis://127.0.0.1:1\"\nmax_entry_size = \"1KiB\"\n\
+                    [[route]]\nname = \"api\"\nupstream = \"http://127.0.0.1:1\"\n";
+        let config = crate::config::Config::from_str(text, "test.toml").unwrap();
+        let metrics = Metrics::new(&[]);
+        let l2 = Arc::new(L2::new(config.redis.as_ref().unwrap(), metrics.l2()));
+        let entry = Entry {
+            status: http::StatusCode::OK,
+            headers: http::HeaderMap::new(),
+            body: super::super::entry::StoredBody::Raw(Bytes::from(vec![b'x'; 4096])),
+            request_time: 0,
+            response_time: 0,
+            initial_age: 0,
+            lifetime: 60_000,
+            flags: Default::default(),
+            stale_while_revalidate: 0,
+            stale_if_error: 0,
+        };
+        l2.put(CacheKey([1; 16]), Arc::new(entry), 60_000);
+        // No await since `put`: only what it did synchronously is counted.
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"augur_l2_writes_total{result="too_large"} 1"#),
+            "{text}"
+        );
     }
 
     #[test]

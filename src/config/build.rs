@@ -140,6 +140,9 @@ fn build_cache(doc: &Doc, c: RawCache) -> Result<CacheConfig, ConfigError> {
         coalesce_timeout: c.coalesce_timeout.value_or(d.coalesce_timeout),
         max_heuristic_ttl: c.max_heuristic_ttl.value_or(d.max_heuristic_ttl),
         max_variants: c.max_variants.unwrap_or(d.max_variants),
+        honour_cdn_cache_control: c
+            .honour_cdn_cache_control
+            .unwrap_or(d.honour_cdn_cache_control),
         invalidate_unknown_methods: c
             .invalidate_unknown_methods
             .unwrap_or(d.invalidate_unknown_methods),
@@ -212,6 +215,7 @@ fn build_redis(doc: &Doc, r: RawRedis, max_body_size: u64) -> Result<RedisConfig
         ca_pem,
         secret,
         pubsub_heartbeat: r.pubsub_heartbeat.value_or(d.pubsub_heartbeat),
+        max_pending_writes: r.max_pending_writes.unwrap_or(d.max_pending_writes),
         max_body_size,
         target: d.target,
     })

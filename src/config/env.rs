@@ -210,6 +210,12 @@ fn check_redis(r: &RedisConfig) -> Result<(), Violation> {
     if r.breaker_errors == 0 {
         return v("redis.breaker_errors", "must be at least 1");
     }
+    if r.max_pending_writes == 0 {
+        return v(
+            "redis.max_pending_writes",
+            "must be at least 1 (remove [redis] to run without a second tier)",
+        );
+    }
     if r.max_entry_size == 0 {
         return v(
             "redis.max_entry_size",

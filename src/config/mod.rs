@@ -117,6 +117,9 @@ pub struct CacheConfig {
     /// Augur's own targeted cache-control field (RFC 9213), read before `CDN-Cache-Control`
     /// and `Cache-Control`; `None` = only `CDN-Cache-Control`.
     pub targeted_field: Option<HeaderName>,
+    /// Whether `CDN-Cache-Control` (RFC 9213) governs like a targeted field; `false` for an
+    /// origin that aims it at an outer CDN only.
+    pub honour_cdn_cache_control: bool,
     /// Variants kept per URL when responses `Vary` (RFC 9111 §4.1); the least recently stored
     /// goes first.
     pub max_variants: usize,
@@ -165,6 +168,8 @@ pub struct RedisConfig {
     /// How often the invalidation subscription is PINGed; no answer within `connect_timeout`
     /// means it is lost.
     pub pubsub_heartbeat: Duration,
+    /// Write-behind SETs in flight at once; past it a write is skipped (the entry stays in L1).
+    pub max_pending_writes: usize,
     /// The largest decoded body a value from Redis may declare: `cache.max_entry_size`, copied
     /// here at load (no stored body is larger), not a key of its own.
     pub max_body_size: u64,
@@ -225,6 +230,7 @@ impl RedisConfig {
             ca_pem: None,
             secret: None,
             pubsub_heartbeat: Duration::from_secs(5),
+            max_pending_writes: 256,
             max_body_size: CacheConfig::default().max_entry_size,
         }
     }
@@ -415,7 +421,10 @@ impl Default for UpstreamDefaults {
             connect_timeout: Duration::from_secs(2),
             timeout: Duration::from_secs(30),
             max_connections: 256,
-            idle_timeout: Duration::from_secs(90),
+            // Below common upstream keep-alive timeouts (Node and Apache 5 s, nginx 75 s), so
+            // Augur drops an idle connection before the upstream closes it; the race that is
+            // left is covered by the retry in `upstream` (review L12). Gunicorn (2 s) needs less.
+            idle_timeout: Duration::from_secs(4),
             body_timeout: Duration::from_secs(300),
             max_inflight_bytes: 256 * MIB,
         }
@@ -433,6 +442,7 @@ impl Default for CacheConfig {
             coalesce_timeout: Duration::from_secs(10),
             max_heuristic_ttl: Duration::from_secs(24 * 3600),
             targeted_field: Some(HeaderName::from_static("augur-cache-control")),
+            honour_cdn_cache_control: true,
             max_variants: 8,
             invalidate_unknown_methods: false,
         }

@@ -124,7 +124,8 @@ pub(super) struct RawUpstream {
     pub(super) timeout: Option<Human<Duration>>,
     /// Concurrent connections per upstream. Default 256, at least 1.
     pub(super) max_connections: Option<usize>,
-    /// How long a pooled keep-alive connection may stay idle. Default `"90s"`.
+    /// How long a pooled keep-alive connection may stay idle; keep it below the upstream's
+    /// own keep-alive timeout. Default `"4s"`.
     pub(super) idle_timeout: Option<Human<Duration>>,
     /// Total time an upstream response body may take, from its head to its last byte, whether
     /// buffered for the store or streamed to a client; past it the body is cut and its
@@ -161,6 +162,9 @@ pub(super) struct RawCache {
     /// A cache-control field aimed at Augur alone (RFC 9213 targeted field), taking precedence
     /// over `CDN-Cache-Control` and `Cache-Control`. Default `"Augur-Cache-Control"`; `""` = none.
     pub(super) targeted_field: Option<String>,
+    /// Whether `CDN-Cache-Control` (RFC 9213) takes precedence over `Cache-Control` as it does
+    /// for a CDN; `false` when the origin aims it at an outer CDN only. Default `true`.
+    pub(super) honour_cdn_cache_control: Option<bool>,
     /// Variants stored per URL when responses carry `Vary` (one per combination of the
     /// request headers it names), 1..=1024. Default 8; the least recently stored is dropped
     /// first, so no client can fill the cache with variants of one URL.
@@ -203,6 +207,9 @@ pub(super) struct RawRedis {
     pub(super) secret: Option<serde::de::IgnoredAny>,
     /// How often the invalidation subscription is PINGed. Default `"5s"`, above 0.
     pub(super) pubsub_heartbeat: Option<Human<Duration>>,
+    /// Write-behind SETs in flight at once; past it a write is skipped and counted
+    /// (`augur_l2_writes_total{result="busy"}`). Default 256, at least 1.
+    pub(super) max_pending_writes: Option<usize>,
 }
 
 /// `[prefetch]`

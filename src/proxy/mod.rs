@@ -95,7 +95,12 @@ impl Proxy {
             .targeted_field
             .iter()
             .cloned()
-            .chain([policy::CDN_CACHE_CONTROL.clone()])
+            .chain(
+                // RFC 9213 targets every CDN-like cache, but an origin may mean it for its outer
+                // CDN alone (security review L14): `[cache] honour_cdn_cache_control` decides.
+                Some(policy::CDN_CACHE_CONTROL.clone())
+                    .filter(|_| config.cache.honour_cdn_cache_control),
+            )
             .collect();
         for r in config.routes.iter().filter(|r| r.forwards_unkeyed_query()) {
             tracing::warn!(route = %r.name, "forward_unkeyed_query = true: query parameters outside the cache key reach the upstream");

@@ -1,7 +1,8 @@
 //! A stored entry becomes a response for one request: 304 when the client's own validators
 //! match (RFC 9110 §13.1.1, §13.1.3), 206 / 416 for one byte range (§14.4, §15.5.17), else the
 //! stored frame as is for a client that accepts zstd and the decompressed body for any other;
-//! `Age` always (RFC 9111 §5.1).
+//! `Age` always (RFC 9111 §5.1). The zstd coding is another representation, so it never carries
+//! the identity body's strong `ETag` (RFC 9110 §8.8.3): it is sent weakened, `W/"…"`.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -20,7 +21,7 @@ impl Proxy {
     /// The response to `req` from `entry`, stored under `key` (the variant, when it varies).
     pub(super) fn respond(&self, entry: &Entry, req: &Parts, key: CacheKey) -> Response<Body> {
         if entry.status.is_success() && client_copy_is_current(entry, &req.headers) {
-            return self.not_modified(entry);
+            return self.not_modified(entry, accepts_zstd(&req.headers));
         }
         if req.method == Method::GET && entry.status == StatusCode::OK {
             if let Some(r) = req.headers.get(header::RANGE).and_then(range::parse) {
@@ -75,6 +76,7 @@ impl Proxy {
         let body = match &entry.body {
             StoredBody::Zstd { frame, .. } if zstd => {
                 headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+                weaken_etag(&mut headers);
                 frame.clone()
             }
             _ => match self.cache.identity_body(&key, entry) {
@@ -97,12 +99,16 @@ impl Proxy {
     }
 
     /// 304 for a client whose copy is current: the stored headers (they include `ETag`,
-    /// `Cache-Control`, `Date`, `Expires`, `Vary` as RFC 9110 §15.4.5 asks) without a body.
-    fn not_modified(&self, entry: &Entry) -> Response<Body> {
+    /// `Cache-Control`, `Date`, `Expires`, `Vary` as RFC 9110 §15.4.5 asks) without a body;
+    /// the `ETag` is the one a 200 would carry, weak for a `zstd` client of a compressed entry.
+    fn not_modified(&self, entry: &Entry, zstd: bool) -> Response<Body> {
         let mut headers = entry.headers.clone();
         headers.remove(header::CONTENT_LENGTH);
         if matches!(entry.body, StoredBody::Zstd { .. }) {
             add_vary_accept_encoding(&mut headers);
+            if zstd {
+                weaken_etag(&mut headers);
+            }
         }
         self.with_age(&mut headers, entry);
         response(StatusCode::NOT_MODIFIED, headers, Body::empty())
@@ -176,6 +182,25 @@ fn age_value(secs: u64) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from(secs))
 }
 
+/// A strong `ETag` made weak, for the zstd coding of the body it names (security review L5):
+/// a strong validator names one sequence of bytes (RFC 9110 §8.8.3), and the zstd frame is
+/// other bytes than the identity body. Weak, it still matches the client's `If-None-Match`
+/// (weak comparison, §13.1.2), and it never matches `If-Range` (strong comparison, §13.1.5), so
+/// a client resuming a zstd download never gets a range of the identity bytes spliced in.
+fn weaken_etag(headers: &mut HeaderMap) {
+    let Some(strong) = headers
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| t.starts_with('"'))
+    else {
+        return;
+    };
+    if let Ok(weak) = HeaderValue::from_str(&format!("W/{strong}")) {
+        headers.insert(header::ETAG, weak);
+    }
+}
+
 /// The stored body can be sent in two codings, so say so to caches downstream.
 fn add_vary_accept_encoding(headers: &mut HeaderMap) {
     let already = headers
@@ -205,5 +230,20 @@ mod tests {
         assert!(!accepts_zstd(&h("zstd;q=0")));
         assert!(!accepts_zstd(&h("gzip, br")));
         assert!(!accepts_zstd(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn only_a_strong_etag_is_weakened() {
+        let weakened = |v: &'static str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::ETAG, HeaderValue::from_static(v));
+            weaken_etag(&mut m);
+            m[header::ETAG].to_str().unwrap().to_owned()
+        };
+        assert_eq!(weakened("\"a\""), "W/\"a\"");
+        assert_eq!(weakened("W/\"a\""), "W/\"a\"");
+        let mut none = HeaderMap::new();
+        weaken_etag(&mut none);
+        assert!(none.is_empty());
     }
 }

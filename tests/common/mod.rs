@@ -94,7 +94,23 @@ pub struct TestUpstream {
 
 impl TestUpstream {
     pub async fn start() -> TestUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::listen_on(TcpListener::bind("127.0.0.1:0").await.unwrap())
+    }
+
+    /// A new upstream on `addr`, the port a [`TestUpstream::stop`]ped one used: an upstream
+    /// restart as the proxy sees it. Waits (up to [`PATIENCE`]) for the port to be free.
+    pub async fn start_on(addr: SocketAddr) -> TestUpstream {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => return Self::listen_on(listener),
+                Err(e) if Instant::now() >= deadline => panic!("rebinding {addr}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    fn listen_on(listener: TcpListener) -> TestUpstream {
         let up = TestUpstream {
             addr: listener.local_addr().unwrap(),
             counts: Default::default(),
