@@ -76,6 +76,7 @@ async fn a_cookie_response_under_a_route_ttl_is_never_served_to_another_client()
         "s=carol",
     );
     assert_eq!(up.count("/me"), 4);
+    assert_eq!(proxy.metric("augur_credentialed_requests_total").await, 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

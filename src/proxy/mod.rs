@@ -245,6 +245,9 @@ impl Proxy {
             directives.no_cache = false;
             directives.max_age = directives.max_age.filter(|&a| a > 0);
         }
+        if ex.credentials {
+            self.metrics.credentialed.increment(1);
+        }
         let want = Want {
             directives,
             credentials: ex.credentials,
