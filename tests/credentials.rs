@@ -9,27 +9,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{admin_post, config, eventually, get, get_with, until, TestProxy, TestUpstream};
-use common::{Got, PATIENCE};
-
-/// A path-and-query whose parameters tell the upstream what to send (values URL-encoded).
-fn pq(path: &str, params: &[(&str, &str)]) -> String {
-    let enc = |v: &str| {
-        percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
-    };
-    let q: Vec<String> = params
-        .iter()
-        .map(|(k, v)| format!("{k}={}", enc(v)))
-        .collect();
-    format!("{path}?{}", q.join("&"))
-}
-
-async fn start(extra: &str) -> (TestUpstream, TestProxy) {
-    let up = TestUpstream::start().await;
-    let proxy = TestProxy::start(config(up.addr, extra)).await;
-    up.follow(&proxy.clock);
-    (up, proxy)
-}
+use common::start_following as start;
+use common::PATIENCE;
+use common::{
+    admin_post, config, eventually, get, get_with, pq, until, Got, TestProxy, TestUpstream,
+};
 
 /// The shipped configs' catch-all: a route TTL for origins that send no caching headers.
 const TTL: &str = "ttl = \"30s\"";
@@ -40,6 +24,17 @@ async fn as_client(proxy: &TestProxy, p: &str, name: &str, value: &str) -> Got {
         get(&proxy.url(p)).await
     } else {
         get_with(&proxy.url(p), &[(name, value)]).await
+    }
+}
+
+/// Alice, then bob: each gets the answer made for their own cookie.
+async fn alice_then_bob(proxy: &TestProxy, p: &str) {
+    for cookie in ["s=alice", "s=bob"] {
+        assert_own(
+            &as_client(proxy, p, "cookie", cookie).await,
+            "cookie",
+            cookie,
+        );
     }
 }
 
@@ -107,25 +102,9 @@ async fn api_key_headers_count_as_credentials_by_default() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_credential_headers_replace_the_default_list() {
     let up = TestUpstream::start().await;
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[cache]
-credential_headers = ["X-Tenant-Secret"]
-
-[[route]]
-name = "api"
-upstream = "http://{}"
-{TTL}
-"#,
-        up.addr
-    );
-    let config = augur::config::Config::from_str(&text, "test.toml").unwrap();
+    let mut config = config(up.addr, TTL);
+    config.cache.credential_headers = vec![http::HeaderName::from_static("x-tenant-secret")];
     let proxy = TestProxy::start(config).await;
-    up.follow(&proxy.clock);
     let name = "x-tenant-secret";
     assert_own(&as_client(&proxy, "/t", name, "a").await, name, "a");
     assert_own(&as_client(&proxy, "/t", name, "b").await, name, "b");
@@ -154,16 +133,7 @@ async fn sharing_without_explicit_freshness_never_takes_the_route_ttl() {
     // `public` says "may be shared", but not for how long: the route TTL is not a licence to
     // keep one user's answer for everyone.
     let p = pq("/pub-no-age", &[("cc", "public")]);
-    assert_own(
-        &as_client(&proxy, &p, "cookie", "s=alice").await,
-        "cookie",
-        "s=alice",
-    );
-    assert_own(
-        &as_client(&proxy, &p, "cookie", "s=bob").await,
-        "cookie",
-        "s=bob",
-    );
+    alice_then_bob(&proxy, &p).await;
     assert_eq!(up.count(&p), 2);
 }
 
@@ -174,16 +144,7 @@ async fn heuristic_freshness_never_applies_to_a_cookie_request() {
         "/lm",
         &[("h_last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")],
     );
-    assert_own(
-        &as_client(&proxy, &p, "cookie", "s=alice").await,
-        "cookie",
-        "s=alice",
-    );
-    assert_own(
-        &as_client(&proxy, &p, "cookie", "s=bob").await,
-        "cookie",
-        "s=bob",
-    );
+    alice_then_bob(&proxy, &p).await;
     assert_eq!(up.count(&p), 2);
 }
 
