@@ -173,6 +173,7 @@ fn policy_decide(c: &mut Criterion) {
         b.iter(|| {
             policy::decide(&policy::Input {
                 req_headers: &req,
+                credentials: false,
                 status: StatusCode::OK,
                 resp_headers: black_box(&resp),
                 route_ttl_ms: 0,

@@ -26,7 +26,7 @@ const LATENCY_BUCKETS: [f64; 16] = [
 ];
 
 /// The help text of every series [`Metrics::new`] registers.
-const HELP: [(&str, &str); 12] = [
+const HELP: [(&str, &str); 13] = [
     (
         "augur_requests_total",
         "Requests answered, by route, cache verdict and status class.",
@@ -68,6 +68,10 @@ const HELP: [(&str, &str); 12] = [
     (
         "augur_coalesced_total",
         "Requests that waited for another request's upstream fetch instead of making their own.",
+    ),
+    (
+        "augur_credentialed_requests_total",
+        "GET/HEAD requests with credentials outside their key (Authorization, cache.credential_headers): answered only from entries the origin marked shareable.",
     ),
 ];
 
@@ -270,6 +274,8 @@ pub struct Metrics {
     pub cache_invalidated: Counter,
     pub compression_saved: Counter,
     pub coalesced: Counter,
+    /// Cacheable requests that carried credentials outside their key.
+    pub credentialed: Counter,
 }
 
 impl Metrics {
@@ -305,6 +311,7 @@ impl Metrics {
             cache_invalidated: counter(r, "augur_cache_invalidated_total", &[]),
             compression_saved: counter(r, "augur_compression_saved_bytes_total", &[]),
             coalesced: counter(r, "augur_coalesced_total", &[]),
+            credentialed: counter(r, "augur_credentialed_requests_total", &[]),
             routes,
             handle,
             recorder,

@@ -78,6 +78,12 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         r#"invalid HTTP method "GE T""#,
     ),
     (
+        "bad_credential_header.toml",
+        "2:33",
+        "cache.credential_headers[1]",
+        r#"invalid header name "X Api Key""#,
+    ),
+    (
         "bad_header_name.toml",
         "4:35",
         "route[0].key_headers[1]",
@@ -631,10 +637,28 @@ grace = "30s"
     )
     .unwrap();
     assert_eq!(
-        d.cache.targeted_field.unwrap().as_str(),
+        d.cache.targeted_field.as_ref().unwrap().as_str(),
         "augur-cache-control"
     );
     assert_eq!(d.cache.max_heuristic_ttl, Duration::from_secs(24 * 3600));
+    let names = |c: &Config| {
+        c.cache
+            .credential_headers
+            .iter()
+            .map(|h| h.as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&d), augur::config::DEFAULT_CREDENTIAL_HEADERS);
+    let own = Config::from_str(
+        "[cache]\ncredential_headers = [\"X-Tenant-Secret\"]\n[[route]]\nname = \"a\"\nupstream = \"http://h\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        names(&own),
+        ["x-tenant-secret"],
+        "the list replaces the default"
+    );
 }
 
 #[test]

@@ -7,21 +7,12 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use common::{admin_post, config, eventually, get, get_with, send, Got, TestProxy, TestUpstream};
+use common::start_following as start;
+use common::{
+    admin_post, config, eventually, get, get_with, pq, send, Got, TestProxy, TestUpstream,
+};
 use http::Request;
 use http_body_util::Full;
-
-/// A path-and-query whose parameters tell the upstream what to send (values URL-encoded).
-fn pq(path: &str, params: &[(&str, &str)]) -> String {
-    let enc = |v: &str| {
-        percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
-    };
-    let q: Vec<String> = params
-        .iter()
-        .map(|(k, v)| format!("{k}={}", enc(v)))
-        .collect();
-    format!("{path}?{}", q.join("&"))
-}
 
 fn http_date(offset_secs: i64) -> String {
     let now = SystemTime::now();
@@ -31,13 +22,6 @@ fn http_date(offset_secs: i64) -> String {
         now - Duration::from_secs((-offset_secs) as u64)
     };
     httpdate::fmt_http_date(t)
-}
-
-async fn start(extra: &str) -> (TestUpstream, TestProxy) {
-    let up = TestUpstream::start().await;
-    let proxy = TestProxy::start(config(up.addr, extra)).await;
-    up.follow(&proxy.clock);
-    (up, proxy)
 }
 
 async fn method(proxy: &TestProxy, m: &str, pq: &str) -> Got {

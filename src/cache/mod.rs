@@ -14,7 +14,7 @@
 //! across tiers and instances), `outcome` (the verdicts and their labels).
 //!
 //! Whether a stored entry may answer a request is `policy::usable` (freshness, the request's
-//! own directives, `Authorization`); a stale entry that may not be served goes through the same
+//! own directives, credentials); a stale entry that may not be served goes through the same
 //! flight, where the fetch revalidates it (a 304 comes back as [`Fetched::Revalidated`]) or
 //! lets it stand in for a failed upstream ([`Fetched::Stale`]).
 
@@ -53,18 +53,22 @@ use vary::Variants;
 pub struct Want {
     /// The request's cache directives (`policy::request_directives`).
     pub directives: policy::CacheControl,
-    /// The request carries `Authorization` (RFC 9111 §3.5).
-    pub authorization: bool,
+    /// The request carries credentials outside its key: `Authorization` (RFC 9111 §3.5) or a
+    /// configured credential header. Only entries the origin marked shareable
+    /// (`Flags::AUTH_OK`) may answer it.
+    pub credentials: bool,
     /// A stale entry may be served (`max-stale`, `stale-while-revalidate`). False for the
     /// background refresh itself and for callers that want a fresh entry.
     pub allow_stale: bool,
 }
 
 impl Want {
-    /// May a just-fetched entry answer this request? Only `Authorization` can say no: an entry
-    /// fetched a moment ago is as fresh as the request can get.
+    /// May a just-fetched entry answer this request? Only credentials can say no: an entry
+    /// fetched a moment ago is as fresh as the request can get, but one fetched for another
+    /// client (or for nobody, a prefetch) answers a credentialed request only when the origin
+    /// said it may be shared. A coalescing waiter that may not take it fetches alone.
     fn accepts_fetched(&self, entry: &Entry) -> bool {
-        !self.authorization || entry.flags.contains(Flags::AUTH_OK)
+        !self.credentials || entry.flags.contains(Flags::AUTH_OK)
     }
 }
 
@@ -342,10 +346,10 @@ impl Cache {
             }
             Flight::FromL2(entry) => {
                 // Fresh for the leader's request; this one may ask for more (`max-age=0`,
-                // `no-cache`, `Authorization`): it is in L1 now, so the next round judges it
+                // `no-cache`, credentials): it is in L1 now, so the next round judges it
                 // like any L1 entry.
                 let now = self.clock.now_ms();
-                if policy::usable(&entry, &want.directives, want.authorization, now) == Use::Fresh {
+                if policy::usable(&entry, &want.directives, want.credentials, now) == Use::Fresh {
                     self.metrics.coalesced.increment(1);
                     return Followed::Done(Outcome::HitL2(entry));
                 }
@@ -376,7 +380,7 @@ impl Cache {
     /// (it is what the fetch revalidates, or stands in for a failing upstream).
     fn answer_from(&self, entry: Arc<Entry>, want: &Want) -> Option<Outcome> {
         let now = self.clock.now_ms();
-        match policy::usable(&entry, &want.directives, want.authorization, now) {
+        match policy::usable(&entry, &want.directives, want.credentials, now) {
             Use::Fresh => Some(Outcome::Hit(entry)),
             Use::Stale if want.allow_stale => Some(Outcome::Stale {
                 entry,

@@ -236,8 +236,10 @@ pub enum NoStore {
     NoStore,
     /// The response said `private`.
     Private,
-    /// An answer to an authenticated request that does not say it may be shared (§3.5).
-    Authorization,
+    /// An answer to a request with credentials (`Authorization`, §3.5, or a configured
+    /// credential header such as `Cookie`) that does not say explicitly, with its own
+    /// freshness, that it may be shared.
+    Credentials,
     /// `Set-Cookie`, on a route that does not opt in to storing it (cookie stripped).
     SetCookie,
     /// `Vary: *`: no later request can match it (§4.1).
@@ -260,7 +262,7 @@ impl NoStore {
             NoStore::RequestNoStore => "request no-store",
             NoStore::NoStore => "no-store",
             NoStore::Private => "private",
-            NoStore::Authorization => "authorization",
+            NoStore::Credentials => "credentials",
             NoStore::SetCookie => "set-cookie",
             NoStore::VaryStar => "vary",
             NoStore::ContentEncoding => "content-encoding",
@@ -280,7 +282,7 @@ impl NoStore {
             NoStore::Status
                 | NoStore::StatusWithoutFreshness
                 | NoStore::RequestNoStore
-                | NoStore::Authorization
+                | NoStore::Credentials
         )
     }
 }
@@ -304,6 +306,9 @@ pub struct Stored {
 #[derive(Debug)]
 pub struct Input<'a> {
     pub req_headers: &'a HeaderMap,
+    /// The request carries credentials outside its key (`Authorization`, or a configured
+    /// credential header; `Authorization` in `req_headers` counts whatever this says).
+    pub credentials: bool,
     pub status: StatusCode,
     pub resp_headers: &'a HeaderMap,
     /// The route's TTL (zero = none).
@@ -342,7 +347,8 @@ pub fn decide(i: &Input<'_>) -> Decision {
     let date = http_date_ms(i.resp_headers.get(header::DATE));
     let has_validator = i.resp_headers.contains_key(header::ETAG)
         || i.resp_headers.contains_key(header::LAST_MODIFIED);
-    let lifetime_ms = match lifetime_ms(i, &cc, targeted, date, has_validator) {
+    let explicit = explicit_ms(i, &cc, targeted, date);
+    let lifetime_ms = match lifetime_ms(i, &cc, explicit, date, has_validator) {
         Ok(l) => l,
         Err(reason) => return Decision::DontStore(reason),
     };
@@ -350,7 +356,20 @@ pub fn decide(i: &Input<'_>) -> Decision {
         // Would need revalidation on every use, and there is nothing to revalidate with.
         return Decision::DontStore(NoStore::StaleWithoutValidator);
     }
-    Decision::Store(stored(i, cc, date, lifetime_ms))
+    // Whether a credentialed request may be answered with it: the origin said it may be
+    // shared (§3.5), and for how long; a lifetime Augur made up (route TTL, heuristic) or
+    // stretched (`floor`, `override`) is no such statement.
+    let auth_ok = shareable_with_auth(&cc)
+        && match explicit {
+            Some(e) => lifetime_ms <= e,
+            None => lifetime_ms == 0,
+        };
+    Decision::Store(stored(i, cc, date, lifetime_ms, auth_ok))
+}
+
+/// Does the request carry credentials (§3.5, and the configured credential headers)?
+fn credentialed(i: &Input<'_>) -> bool {
+    i.credentials || i.req_headers.contains_key(header::AUTHORIZATION)
 }
 
 /// What the response itself (and the credentials of the request) forbid storing, whatever
@@ -363,9 +382,9 @@ fn refused(i: &Input<'_>, cc: &CacheControl) -> Option<NoStore> {
         return Some(NoStore::Private);
     }
     // §3.5: a shared cache stores an answer to an authenticated request only when the
-    // response says it may be shared.
-    if i.req_headers.contains_key(header::AUTHORIZATION) && !shareable_with_auth(cc) {
-        return Some(NoStore::Authorization);
+    // response says it may be shared; Augur reads a cookie or an API key the same way.
+    if credentialed(i) && !shareable_with_auth(cc) {
+        return Some(NoStore::Credentials);
     }
     if i.resp_headers.contains_key(header::SET_COOKIE) && !i.cache_set_cookie {
         return Some(NoStore::SetCookie);
@@ -388,17 +407,10 @@ fn shareable_with_auth(cc: &CacheControl) -> bool {
     cc.public || cc.s_maxage.is_some() || cc.must_revalidate
 }
 
-/// The freshness lifetime (§4.2.1): explicit (`s-maxage`, `max-age`, `Expires`), else the
-/// route TTL, else heuristic (§4.2.2); then the route's mode applied to it.
-fn lifetime_ms(
-    i: &Input<'_>,
-    cc: &CacheControl,
-    targeted: bool,
-    date: Option<u64>,
-    has_validator: bool,
-) -> Result<u64, NoStore> {
+/// The origin's explicit freshness lifetime (`s-maxage`, `max-age`, `Expires`), if it gave one.
+fn explicit_ms(i: &Input<'_>, cc: &CacheControl, targeted: bool, date: Option<u64>) -> Option<u64> {
     let date_invalid = i.resp_headers.contains_key(header::DATE) && date.is_none();
-    let explicit = if let Some(s) = cc.s_maxage {
+    if let Some(s) = cc.s_maxage {
         Some(s * 1000)
     } else if let Some(m) = cc.max_age {
         Some(m * 1000)
@@ -410,11 +422,29 @@ fn lifetime_ms(
         })
     } else {
         None
-    };
+    }
+}
+
+/// The freshness lifetime (§4.2.1): explicit, else the route TTL, else heuristic (§4.2.2);
+/// then the route's mode applied to it. For a request with credentials only the origin's
+/// explicit lifetime counts (a `cap` may still shorten it): a route TTL or a heuristic is
+/// Augur's guess about a resource, not the origin's word that one user's answer may be kept
+/// for everyone.
+fn lifetime_ms(
+    i: &Input<'_>,
+    cc: &CacheControl,
+    explicit: Option<u64>,
+    date: Option<u64>,
+    has_validator: bool,
+) -> Result<u64, NoStore> {
+    let credentialed = credentialed(i);
     let heuristic_ok = HEURISTIC_STATUSES.contains(&i.status.as_u16()) || cc.public;
     let base = match explicit {
         Some(l) => l,
         None if !heuristic_ok => return Err(NoStore::StatusWithoutFreshness),
+        // Revalidated on every use: each use asks the origin with the client's credentials.
+        None if credentialed && cc.no_cache && has_validator => 0,
+        None if credentialed => return Err(NoStore::Credentials),
         None if i.route_ttl_ms > 0 => i.route_ttl_ms,
         None => match heuristic_ms(i, date) {
             Some(l) => l,
@@ -426,31 +456,40 @@ fn lifetime_ms(
     let t = i.route_ttl_ms;
     Ok(match i.mode {
         _ if t == 0 => base,
+        CacheMode::Cap => base.min(t),
+        _ if credentialed => base,
         CacheMode::Respect => base,
         CacheMode::Override => t,
         CacheMode::Floor => base.max(t),
-        CacheMode::Cap => base.min(t),
     })
 }
 
 /// The stored entry's flags, stale windows and fields to strip, for a response `decide`
-/// stores with `lifetime_ms`.
-fn stored(i: &Input<'_>, cc: CacheControl, date: Option<u64>, lifetime_ms: u64) -> Stored {
+/// stores with `lifetime_ms`; `auth_ok`: it may answer requests with credentials.
+fn stored(
+    i: &Input<'_>,
+    cc: CacheControl,
+    date: Option<u64>,
+    lifetime_ms: u64,
+    auth_ok: bool,
+) -> Stored {
     let mut flags = Flags::default();
     // s-maxage carries proxy-revalidate's meaning for a shared cache (§5.2.2.10).
     let revalidate = cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some();
     flags.set(Flags::MUST_REVALIDATE, revalidate);
     flags.set(Flags::NO_CACHE, cc.no_cache);
-    flags.set(Flags::AUTH_OK, shareable_with_auth(&cc));
+    flags.set(Flags::AUTH_OK, auth_ok);
     // Stale use: never against must-revalidate / proxy-revalidate / no-cache; an explicit
     // RFC 5861 grant is honoured with s-maxage; the route grace fills in only when the origin
-    // said nothing either way.
+    // said nothing either way, and never for an answer to a request with credentials (only
+    // the origin's word keeps that one).
     let forbid = cc.must_revalidate || cc.proxy_revalidate || cc.no_cache;
+    let grace_ms = if credentialed(i) { 0 } else { i.grace_ms };
     let grant = |explicit: Option<u64>| match explicit {
         _ if forbid => 0,
         Some(s) => s * 1000,
         None if cc.s_maxage.is_some() => 0,
-        None => i.grace_ms,
+        None => grace_ms,
     };
     let stale_while_revalidate_ms = grant(cc.stale_while_revalidate);
     let stale_if_error_ms = grant(cc.stale_if_error);
@@ -534,13 +573,15 @@ pub enum Use {
     StaleWhileRevalidate,
     /// Must go upstream first (conditionally when the entry has validators).
     Revalidate,
-    /// Must not be used for this request at all (§3.5 `Authorization`).
+    /// Must not be used for this request at all (§3.5: it carries credentials).
     Unusable,
 }
 
-/// Decide how `entry` may answer a request with directives `req` at `now`.
-pub fn usable(entry: &Entry, req: &CacheControl, authorization: bool, now: u64) -> Use {
-    if authorization && !entry.flags.contains(Flags::AUTH_OK) {
+/// Decide how `entry` may answer a request with directives `req` at `now`; `credentials`: the
+/// request carries credentials outside its key, so only an entry the origin marked shareable
+/// with its own freshness may answer it (§3.5).
+pub fn usable(entry: &Entry, req: &CacheControl, credentials: bool, now: u64) -> Use {
+    if credentials && !entry.flags.contains(Flags::AUTH_OK) {
         return Use::Unusable;
     }
     if req.no_cache || entry.flags.contains(Flags::NO_CACHE) {
@@ -664,6 +705,7 @@ mod tests {
         mode: CacheMode,
         set_cookie: bool,
         grace: u64,
+        credentials: bool,
     }
 
     fn case(req: &[(&str, &str)], status: u16, resp: &[(&str, &str)]) -> Case {
@@ -675,10 +717,16 @@ mod tests {
             mode: CacheMode::Respect,
             set_cookie: false,
             grace: 0,
+            credentials: false,
         }
     }
 
     impl Case {
+        /// The request carries a configured credential header (a cookie, an API key).
+        fn credentialed(mut self) -> Case {
+            self.credentials = true;
+            self
+        }
         fn ttl(mut self, ttl: u64, mode: CacheMode) -> Case {
             self.ttl = ttl;
             self.mode = mode;
@@ -691,6 +739,7 @@ mod tests {
             ];
             decide(&Input {
                 req_headers: &self.req,
+                credentials: self.credentials,
                 status: StatusCode::from_u16(self.status).unwrap(),
                 resp_headers: &self.resp,
                 route_ttl_ms: self.ttl,
@@ -950,6 +999,68 @@ mod tests {
             ]
         )
         .refused());
+    }
+
+    #[test]
+    fn credentials_need_explicit_sharing_and_explicit_freshness() {
+        let refused = |c: Case| c.decide() == Decision::DontStore(NoStore::Credentials);
+        let lm = ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT");
+        // What an anonymous request stores, a credentialed one does not.
+        for resp in [&[][..], &[("cache-control", "max-age=60")], &[lm]] {
+            assert!(!case(&[], 200, resp)
+                .ttl(30_000, CacheMode::Respect)
+                .refused());
+            let c = case(&[], 200, resp).ttl(30_000, CacheMode::Respect);
+            assert!(refused(c.credentialed()), "{resp:?}");
+        }
+        // Shareable, but no lifetime of the origin's own: no route TTL, no heuristic.
+        for resp in [
+            &[("cache-control", "public")][..],
+            &[("cache-control", "public"), lm],
+        ] {
+            let c = case(&[], 200, resp).ttl(30_000, CacheMode::Respect);
+            assert!(refused(c.credentialed()), "{resp:?}");
+        }
+        // The origin's own word: stored, the route TTL neither stretches it nor replaces it.
+        for mode in [CacheMode::Respect, CacheMode::Override, CacheMode::Floor] {
+            let c = case(&[], 200, &[("cache-control", "public, max-age=10")]).ttl(30_000, mode);
+            let s = c.credentialed().stored();
+            assert_eq!(s.lifetime_ms, 10_000, "{mode:?}");
+            assert!(s.flags.contains(Flags::AUTH_OK));
+        }
+        let cap = case(&[], 200, &[("cache-control", "public, max-age=60")])
+            .ttl(30_000, CacheMode::Cap)
+            .credentialed();
+        assert_eq!(cap.lifetime(), 30_000, "a cap only shortens");
+        // No grace for it either.
+        let mut graced = case(&[], 200, &[("cache-control", "public, max-age=10")]).credentialed();
+        graced.grace = 60_000;
+        assert_eq!(graced.stored().stale_while_revalidate_ms, 0);
+        assert_eq!(graced.stored().stale_if_error_ms, 0);
+        // Refused for its credentials only: later anonymous requests still coalesce.
+        assert!(!NoStore::Credentials.leaves_pass_mark());
+    }
+
+    #[test]
+    fn only_the_origins_own_lifetime_makes_an_entry_answer_credentialed_requests() {
+        let auth_ok = |c: Case| c.stored().flags.contains(Flags::AUTH_OK);
+        let public = [("cache-control", "public")];
+        let public_60 = [("cache-control", "public, max-age=60")];
+        assert!(!auth_ok(
+            case(&[], 200, &public).ttl(30_000, CacheMode::Respect)
+        ));
+        assert!(auth_ok(
+            case(&[], 200, &public_60).ttl(30_000, CacheMode::Respect)
+        ));
+        assert!(!auth_ok(
+            case(&[], 200, &public_60).ttl(90_000, CacheMode::Floor)
+        ));
+        assert!(!auth_ok(
+            case(&[], 200, &public_60).ttl(90_000, CacheMode::Override)
+        ));
+        assert!(auth_ok(
+            case(&[], 200, &public_60).ttl(30_000, CacheMode::Cap)
+        ));
     }
 
     #[test]

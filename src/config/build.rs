@@ -146,6 +146,10 @@ fn build_cache(doc: &Doc, c: RawCache) -> Result<CacheConfig, ConfigError> {
         invalidate_unknown_methods: c
             .invalidate_unknown_methods
             .unwrap_or(d.invalidate_unknown_methods),
+        credential_headers: match c.credential_headers {
+            None => d.credential_headers,
+            some => header_names(some),
+        },
         targeted_field: match c.targeted_field {
             None => d.targeted_field,
             Some(t) if t.trim().is_empty() => None,

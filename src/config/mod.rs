@@ -126,7 +126,23 @@ pub struct CacheConfig {
     /// A 2xx/3xx answer to a method other than POST, PUT, PATCH and DELETE also invalidates
     /// (RFC 9111 §4.4 reads "unsafe"). Default `false`: unknown methods cannot purge.
     pub invalidate_unknown_methods: bool,
+    /// Request headers that, like `Authorization`, carry a client's credentials (RFC 9111
+    /// §3.5 applied to them); see [`DEFAULT_CREDENTIAL_HEADERS`].
+    pub credential_headers: Vec<HeaderName>,
 }
+
+/// `cache.credential_headers` when the file sets none: the session cookie and the API-key
+/// headers in common use. A request with one of them is treated like one with `Authorization`.
+pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 8] = [
+    "cookie",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+    "x-access-token",
+    "x-session-token",
+    "x-csrf-token",
+    "x-amz-security-token",
+];
 
 /// How a route's TTL combines with the origin's own freshness (see README, "Caching rules").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -445,6 +461,10 @@ impl Default for CacheConfig {
             honour_cdn_cache_control: true,
             max_variants: 8,
             invalidate_unknown_methods: false,
+            credential_headers: DEFAULT_CREDENTIAL_HEADERS
+                .iter()
+                .map(|h| HeaderName::from_static(h))
+                .collect(),
         }
     }
 }

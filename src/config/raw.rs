@@ -172,6 +172,14 @@ pub(super) struct RawCache {
     /// Let a 2xx/3xx answer to a method other than POST, PUT, PATCH, DELETE invalidate the
     /// URL too. Default `false`.
     pub(super) invalidate_unknown_methods: Option<bool>,
+    /// Request headers that carry a client's credentials, like `Authorization` (which always
+    /// counts): a request with one the route does not name in `key_headers` is answered only
+    /// by responses the origin marked shareable, and its own response is stored only with
+    /// `public`, `s-maxage` or `must-revalidate` and explicit freshness (never a route `ttl`,
+    /// `grace` or heuristic). Default `["Cookie", "X-Api-Key", "Api-Key", "X-Auth-Token",
+    /// "X-Access-Token", "X-Session-Token", "X-CSRF-Token", "X-Amz-Security-Token"]`; the
+    /// list replaces the default; `[]` = only `Authorization`.
+    pub(super) credential_headers: Option<Vec<Human<HeaderName>>>,
 }
 
 /// `[redis]`: Redis (or Redis Cluster) as the second tier shared by a fleet.

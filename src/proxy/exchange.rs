@@ -17,6 +17,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Uri};
 use ipnet::IpNet;
 
+use super::credentials::Credentials;
 use crate::config::PathRules;
 use crate::key::CacheKey;
 use crate::normalise::{self, PathError};
@@ -39,6 +40,9 @@ pub(crate) struct Exchange<'a> {
     /// The primary cache key (method, host, target, the route's query and header rules);
     /// the stored variant, when responses vary, is selected from it by the cache.
     pub key: CacheKey,
+    /// The request carries credentials its key does not hold (`Authorization`, or a
+    /// `cache.credential_headers` field outside the route's `key_headers`; see `credentials`).
+    pub credentials: bool,
 }
 
 /// Why no [`Exchange`] could be built: answered before any phase runs.
@@ -56,6 +60,7 @@ pub(crate) struct Reading<'a> {
     pub routes: &'a Routes,
     pub paths: &'a PathRules,
     pub trusted_proxies: &'a [IpNet],
+    pub credentials: &'a Credentials,
 }
 
 impl<'a> Exchange<'a> {
@@ -117,6 +122,9 @@ impl<'a> Exchange<'a> {
             trusted,
             started,
             key: route.key(&parts.method, host, pq, &parts.headers),
+            credentials: reading
+                .credentials
+                .carried(&parts.headers, &route.cfg.key_headers),
         })
     }
 

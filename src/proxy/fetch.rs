@@ -52,6 +52,8 @@ pub(super) struct Target<'a> {
     /// The primary key (the variant is selected from it and `headers`).
     pub key: CacheKey,
     pub sender: Sender,
+    /// `headers` carry credentials outside the key (see `credentials`).
+    pub credentials: bool,
 }
 
 impl Exchange<'_> {
@@ -67,6 +69,7 @@ impl Exchange<'_> {
                 peer: self.peer,
                 trusted: self.trusted,
             },
+            credentials: self.credentials,
         }
     }
 }
@@ -120,7 +123,7 @@ impl Proxy {
         let mut headers = self.upstream_headers(&target);
         // The variant this request selects (the key itself unless responses vary).
         let key = self.cache.variant_key(&target.key, target.headers);
-        let previous = self.revalidatable(key, target.headers);
+        let previous = self.revalidatable(key, target.credentials);
         let conditional = previous
             .as_deref()
             .is_some_and(|prev| add_validators(&mut headers, prev));
@@ -284,6 +287,7 @@ impl Proxy {
             headers.unwrap_or((answer.parts.status, &answer.parts.headers));
         policy::Input {
             req_headers: target.headers,
+            credentials: target.credentials,
             status,
             resp_headers,
             route_ttl_ms: cfg

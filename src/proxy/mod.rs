@@ -8,6 +8,7 @@
 //! | file | phase |
 //! |---|---|
 //! | `exchange.rs` | the request as every phase sees it, built once |
+//! | `credentials.rs` | does the request carry credentials (`Authorization`, `Cookie`, API keys)? |
 //! | `mod.rs` | `handle`: route ─► cache or pass ─► finish; the cache verdict to a response |
 //! | `fetch.rs` | the miss: ask the upstream, let `policy` decide, store or stream through |
 //! | `revalidate.rs` | conditional requests for a stale entry; a 304 freshens it (§4.3) |
@@ -15,6 +16,7 @@
 //! | `pass.rs` | everything the cache may not answer, and what unsafe methods invalidate (§4.4) |
 //! | `refresh.rs` | the `stale-while-revalidate` queue: one background refresh per stale key |
 
+mod credentials;
 mod exchange;
 mod fetch;
 mod pass;
@@ -28,7 +30,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -48,6 +50,7 @@ use crate::upstream::Upstream;
 use ipnet::IpNet;
 pub use respond::accepts_zstd;
 
+use credentials::Credentials;
 use exchange::{Exchange, Reading, Refused};
 use fetch::{Sender, Target};
 use refresh::Refresh;
@@ -77,6 +80,8 @@ pub struct Proxy {
     paths: PathRules,
     trusted_proxies: Vec<IpNet>,
     invalidate_unknown_methods: bool,
+    /// Which request fields are credentials (`cache.credential_headers`, and `Authorization`).
+    credentials: Credentials,
 }
 
 impl Proxy {
@@ -127,6 +132,7 @@ impl Proxy {
             paths: config.server.paths,
             trusted_proxies: config.server.trusted_proxies.clone(),
             invalidate_unknown_methods: config.cache.invalidate_unknown_methods,
+            credentials: Credentials::new(&config.cache.credential_headers),
         })
     }
 
@@ -136,6 +142,7 @@ impl Proxy {
             routes: &self.routes,
             paths: &self.paths,
             trusted_proxies: &self.trusted_proxies,
+            credentials: &self.credentials,
         }
     }
 
@@ -243,9 +250,12 @@ impl Proxy {
             directives.no_cache = false;
             directives.max_age = directives.max_age.filter(|&a| a > 0);
         }
+        if ex.credentials {
+            self.metrics.credentialed.increment(1);
+        }
         let want = Want {
             directives,
-            authorization: ex.headers().contains_key(header::AUTHORIZATION),
+            credentials: ex.credentials,
             allow_stale: true,
         };
         if want.directives.only_if_cached {
@@ -300,7 +310,7 @@ impl Proxy {
         let key = self.cache.variant_key(&ex.key, ex.headers());
         let now = self.cache.now_ms();
         match self.cache.peek(&key) {
-            Some(e) => match policy::usable(&e, &want.directives, want.authorization, now) {
+            Some(e) => match policy::usable(&e, &want.directives, want.credentials, now) {
                 Use::Fresh => (CacheStatus::Hit, self.respond(&e, ex.parts, key)),
                 Use::Stale => (CacheStatus::Stale, self.respond(&e, ex.parts, key)),
                 _ => (CacheStatus::Miss, ProxyError::NotCached.to_response()),
@@ -341,6 +351,8 @@ impl prefetch::Source for Proxy {
             headers: &headers,
             key: route.key(&Method::GET, host, pq, &headers),
             sender: Sender::Prefetch,
+            // Only when the route lets a prefetch forward one of them.
+            credentials: self.credentials.carried(&headers, &route.cfg.key_headers),
         };
         self.fetch_for_store(target, None).await
     }

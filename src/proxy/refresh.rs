@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::{self, HeaderMap};
+use http::header::HeaderMap;
 
 use super::exchange::Exchange;
 use super::fetch::{Sender, Target};
@@ -47,16 +47,23 @@ impl Proxy {
 
     /// Queue one background refresh of the variant `at` of this request's key, unless one is
     /// already queued or running.
+    ///
+    /// The refresh updates the copy stored for everyone, not this client's answer (it already
+    /// has the stale one): it goes without the client's credentials, so that no one client's
+    /// identity decides what the others are served next.
     pub(super) fn queue_refresh(&self, ex: &Exchange<'_>, at: CacheKey) {
         if !self.refreshing.lock().insert(at) {
             return;
         }
+        let mut headers = ex.headers().clone();
+        self.credentials
+            .strip(&mut headers, &ex.route.cfg.key_headers);
         let job = Refresh {
             key: ex.key,
             at,
             route: ex.route.idx,
             pq: ex.pq.to_owned(),
-            headers: ex.headers().clone(),
+            headers,
             peer: ex.peer,
             trusted: ex.trusted,
             host: ex.host.to_owned(),
@@ -68,8 +75,12 @@ impl Proxy {
 
     async fn refresh(&self, job: Refresh) {
         if let Some(route) = self.routes.iter().find(|r| r.idx == job.route) {
+            // Credentials left after `strip` are keyed ones, or a keyed `Authorization`.
+            let credentials = self
+                .credentials
+                .carried(&job.headers, &route.cfg.key_headers);
             let want = Want {
-                authorization: job.headers.contains_key(header::AUTHORIZATION),
+                credentials,
                 ..Want::default()
             };
             let fetch = || {
@@ -83,6 +94,7 @@ impl Proxy {
                         peer: job.peer,
                         trusted: job.trusted,
                     },
+                    credentials,
                 };
                 self.fetch_for_store(target, None)
             };

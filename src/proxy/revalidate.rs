@@ -5,8 +5,6 @@
 
 use std::sync::Arc;
 
-use http::header::{self, HeaderMap};
-
 use super::fetch::{entry, Answer, Target};
 use super::Proxy;
 use crate::cache::entry::{Entry, Flags};
@@ -16,12 +14,12 @@ use crate::key::CacheKey;
 
 impl Proxy {
     /// What L1 holds for `key`, which may be revalidated or stand in if the upstream fails;
-    /// never across the `Authorization` rule.
-    pub(super) fn revalidatable(&self, key: CacheKey, headers: &HeaderMap) -> Option<Arc<Entry>> {
-        let authorization = headers.contains_key(header::AUTHORIZATION);
+    /// for a request with `credentials`, only an entry the origin marked shareable (the one a
+    /// hit could have served it): any other is not this client's to see.
+    pub(super) fn revalidatable(&self, key: CacheKey, credentials: bool) -> Option<Arc<Entry>> {
         self.cache
             .peek(&key)
-            .filter(|e| !authorization || e.flags.contains(Flags::AUTH_OK))
+            .filter(|e| !credentials || e.flags.contains(Flags::AUTH_OK))
     }
 
     /// A 304 to a revalidation (§4.3.4): the stored entry freshened, stored again; or, when the

@@ -494,6 +494,27 @@ impl TestProxy {
     }
 }
 
+/// A path-and-query whose parameters tell [`TestUpstream`] what to send (values URL-encoded).
+pub fn pq(path: &str, params: &[(&str, &str)]) -> String {
+    let enc = |v: &str| {
+        percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let q: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", enc(v)))
+        .collect();
+    format!("{path}?{}", q.join("&"))
+}
+
+/// An upstream and the proxy in front of it ([`config`] with `extra` in its route), the
+/// upstream's `Date` following the proxy's manual clock.
+pub async fn start_following(extra: &str) -> (TestUpstream, TestProxy) {
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, extra)).await;
+    up.follow(&proxy.clock);
+    (up, proxy)
+}
+
 /// A response read whole.
 pub struct Got {
     pub status: StatusCode,
