@@ -44,6 +44,16 @@ async fn until_metric(proxy: &TestProxy, name: &str, at_least: f64) {
 
 const PREFETCH: &str = "prefetch = true";
 
+/// `model.json` in `dir`, and the route and `[prefetch]` lines that use it (plus `more`).
+fn with_state_file(dir: &tempfile::TempDir, more: &str) -> (std::path::PathBuf, String) {
+    let file = dir.path().join("model.json");
+    let extra = format!(
+        "prefetch = true\n\n[prefetch]\nstate_file = \"{}\"{more}",
+        file.display()
+    );
+    (file, extra)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trained_a_then_b_prefetches_b_and_the_client_hits() {
     let up = TestUpstream::start().await;
@@ -313,11 +323,7 @@ async fn one_client_cannot_spend_the_global_budget() {
 async fn state_file_is_private_and_saved_while_running() {
     let up = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("model.json");
-    let extra = format!(
-        "prefetch = true\n\n[prefetch]\nstate_file = \"{}\"\nsave_interval = \"1s\"",
-        file.display()
-    );
+    let (file, extra) = with_state_file(&dir, "\nsave_interval = \"1s\"");
     let proxy = TestProxy::start(config(up.addr, &extra)).await;
     let (a, b) = (url("/a"), url("/b"));
     get(&proxy.url(&a)).await;
@@ -344,15 +350,11 @@ async fn state_file_is_private_and_saved_while_running() {
 async fn saving_never_writes_through_a_planted_file() {
     let up = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("model.json");
     // Someone who can write to the directory plants the old, predictable temporary name.
     let victim = dir.path().join("victim");
     std::fs::write(&victim, "keep").unwrap();
     std::os::unix::fs::symlink(&victim, dir.path().join("model.tmp")).unwrap();
-    let extra = format!(
-        "prefetch = true\n\n[prefetch]\nstate_file = \"{}\"",
-        file.display()
-    );
+    let (file, extra) = with_state_file(&dir, "");
     let mut proxy = TestProxy::start(config(up.addr, &extra)).await;
     get(&proxy.url(&url("/a"))).await;
     get(&proxy.url(&url("/b"))).await;
@@ -501,11 +503,7 @@ async fn budget_caps_prefetches_under_a_burst() {
 async fn model_survives_a_restart() {
     let up = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("model.json");
-    let extra = format!(
-        "prefetch = true\n\n[prefetch]\nstate_file = \"{}\"",
-        file.display()
-    );
+    let (file, extra) = with_state_file(&dir, "");
     let (a, b) = (url("/a"), url("/b"));
     // The model keys on the request's host: send the same one to both instances.
     let host = [("host", "api.example")];

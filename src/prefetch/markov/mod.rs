@@ -370,18 +370,15 @@ impl Markov {
     /// Drop the longest-idle eighth of the tracked clients, never `keep`. How many.
     fn drop_idle_clients(&mut self, keep: Option<u64>) -> usize {
         let before = self.clients.len();
-        let mut at: Vec<u64> = self
+        let at = self
             .clients
             .iter()
             .filter(|(c, _)| Some(**c) != keep)
             .map(|(_, l)| l.at_ms)
             .collect();
-        if at.is_empty() {
+        let Some(cutoff) = eighth_cutoff(at) else {
             return 0;
-        }
-        let n = (at.len() / 8).max(1);
-        let (_, nth, _) = at.select_nth_unstable(n - 1);
-        let cutoff = *nth;
+        };
         self.clients
             .retain(|c, l| Some(*c) == keep || l.at_ms > cutoff);
         self.clients.shrink_to_fit();
@@ -391,17 +388,14 @@ impl Markov {
     /// Drop the least recently used eighth of the states. How many.
     fn drop_lru_states(&mut self) -> usize {
         let before = self.states;
-        let mut ticks: Vec<u64> = self
+        let ticks = self
             .nodes
             .iter()
             .filter_map(|n| n.state.as_ref().map(|s| s.last_used))
             .collect();
-        if ticks.is_empty() {
+        let Some(cutoff) = eighth_cutoff(ticks) else {
             return 0;
-        }
-        let n = (ticks.len() / 8).max(1);
-        let (_, nth, _) = ticks.select_nth_unstable(n - 1);
-        let cutoff = *nth;
+        };
         for node in &mut self.nodes {
             if node.state.as_ref().is_some_and(|s| s.last_used <= cutoff) {
                 node.state = None;
@@ -478,6 +472,12 @@ fn decay(state: &mut State, now_ms: u64, half_life_ms: u64) {
         s.used *= f;
     }
     state.updated_ms = now_ms;
+}
+
+/// The value at or under which the lowest eighth (at least one) of `values` lies.
+fn eighth_cutoff(mut values: Vec<u64>) -> Option<u64> {
+    let n = (values.len() / 8).max(1);
+    (!values.is_empty()).then(|| *values.select_nth_unstable(n - 1).1)
 }
 
 fn drop_oldest_half(clients: &mut Map<u64, Last>) {
