@@ -169,6 +169,18 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         r#"invalid header name "Accept Language""#,
     ),
     (
+        "prefetch_forward_credentials.toml",
+        "5:48",
+        "route[0].prefetch_forward_headers[1]",
+        r#""cookie" is a credential"#,
+    ),
+    (
+        "prefetch_max_model_bytes.toml",
+        "2:19",
+        "prefetch.max_model_bytes",
+        "524288 bytes is out of range (must be at least 1048576 bytes",
+    ),
+    (
         "max_variants_zero.toml",
         "3:16",
         "cache.max_variants",
@@ -415,6 +427,38 @@ fn shipped_proxy_toml_examples_are_valid() {
 }
 
 const MINIMAL: &str = "[[route]]\nname = \"api\"\nupstream = \"http://127.0.0.1:3000\"\n";
+
+#[test]
+fn credential_prefetch_forward_headers_need_the_unsafe_opt_in() {
+    let route = |extra: &str| {
+        format!("{MINIMAL}prefetch = true\nprefetch_forward_headers = [\"Authorization\"]\n{extra}")
+    };
+    let err = Config::from_str(&route(""), "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("route[0].prefetch_forward_headers[0]"),
+        "{err}"
+    );
+    let c = Config::from_str(
+        &route("unsafe_prefetch_forward_credentials = true"),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.routes[0].prefetch_forward_headers,
+        [http::header::AUTHORIZATION]
+    );
+    let p = &c.prefetch;
+    assert_eq!(
+        (p.max_model_bytes, p.max_url_bytes, p.queue_bytes),
+        (64 << 20, 2 << 10, 4 << 20)
+    );
+    assert_eq!(
+        (p.client_budget, p.save_interval),
+        (0.5, Duration::from_secs(300))
+    );
+}
 
 #[test]
 fn minimal_config_gets_all_defaults() {

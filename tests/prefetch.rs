@@ -44,6 +44,16 @@ async fn until_metric(proxy: &TestProxy, name: &str, at_least: f64) {
 
 const PREFETCH: &str = "prefetch = true";
 
+/// `model.json` in `dir`, and the route and `[prefetch]` lines that use it (plus `more`).
+fn with_state_file(dir: &tempfile::TempDir, more: &str) -> (std::path::PathBuf, String) {
+    let file = dir.path().join("model.json");
+    let extra = format!(
+        "prefetch = true\n\n[prefetch]\nstate_file = \"{}\"{more}",
+        file.display()
+    );
+    (file, extra)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trained_a_then_b_prefetches_b_and_the_client_hits() {
     let up = TestUpstream::start().await;
@@ -176,17 +186,183 @@ async fn route_without_prefetch_is_never_prefetched() {
         "a route without prefetch = true is never prefetched"
     );
 
-    // The model still learned a ─► b, and the admin endpoint shows it.
+    // Only routes with prefetch = true are observed (M1): the model learned c ─► d and
+    // nothing of a ─► b.
     let t = admin_get(&proxy.admin_url("/prefetch/transitions?limit=50")).await;
     let json = t.json();
     let strongest = json["strongest"].as_array().unwrap();
+    let shows = |pq: &str| {
+        strongest.iter().any(|t| {
+            [&t["from"], &t["to"]]
+                .iter()
+                .any(|k| k.as_str().unwrap().ends_with(&shown(pq)))
+        })
+    };
+    assert!(shows(&d), "{json}");
+    assert!(!shows(&a) && !shows(&b), "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_urls_are_not_observed() {
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, PREFETCH)).await;
+    let long = url(&format!("/long/{}", "y".repeat(3000)));
+    let (a, b) = (url("/a"), url("/b"));
+    for p in [&a, &long, &b] {
+        get(&proxy.url(p)).await;
+    }
+    until_metric(&proxy, "augur_prefetch_skipped_long_url_total", 1.0).await;
+    // a ─► b is learned across the skipped request (it never reached the model); the long
+    // URL is in no state.
+    eventually(PATIENCE, "a ─► b learned", || async {
+        let t = admin_get(&proxy.admin_url("/prefetch/transitions?limit=50")).await;
+        let body = String::from_utf8_lossy(&t.body).into_owned();
+        assert!(!body.contains("/long/"), "{body}");
+        body.contains(&shown(&b))
+    })
+    .await;
+}
+
+/// `[prefetch]` with clients told apart by `x-client-id`, for tests that play several.
+const BY_CLIENT: &str = "prefetch = true\n\n[prefetch]\nclient_header = \"x-client-id\"";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncacheable_prefetch_target_is_wasted_and_switched_off() {
+    let up = TestUpstream::start().await;
+    let extra = format!("{BY_CLIENT}\nbudget = 1.0");
+    let proxy = TestProxy::start(config(up.addr, &extra)).await;
+    let (a, x) = (url("/a"), "/x?cc=no-store".to_owned());
+    get_with(&proxy.url(&a), &[("x-client-id", "trainer")]).await;
+    get_with(&proxy.url(&x), &[("x-client-id", "trainer")]).await; // learns a ─► x
+    for i in 0..100 {
+        // Past the 5 s hit-for-pass mark each time: only the model can stop the prefetches.
+        proxy.clock.advance(Duration::from_millis(5_500));
+        let id = format!("visitor-{i}");
+        get_with(&proxy.url(&a), &[("x-client-id", id.as_str())]).await;
+    }
+    settled(&proxy).await;
+    let prefetched = up.count(&x) - 1;
+    // min_samples = 3 by default; one more may start while the third is being credited.
+    assert!(prefetched <= 4, "x prefetched {prefetched} times");
+    assert!(prefetched >= 1, "x was never prefetched");
+    until_metric(&proxy, "augur_prefetch_wasted_total", prefetched as f64).await;
+    assert_eq!(
+        proxy.metric("augur_prefetch_failed_total").await,
+        prefetched as f64
+    );
+    assert_eq!(proxy.metric("augur_prefetch_issued_total").await, 0.0);
+    let t = admin_get(&proxy.admin_url("/prefetch/transitions?limit=50")).await;
+    let json = t.json();
     assert!(
-        strongest
-            .iter()
-            .any(|t| t["to"].as_str().unwrap().ends_with(&shown(&b))),
+        json["strongest"].as_array().unwrap().iter().any(|t| t["to"]
+            .as_str()
+            .unwrap()
+            .ends_with(&shown(&x))
+            && t["suppressed"] == true),
         "{json}"
     );
-    assert!(json["states"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_marked_key_is_never_prefetched() {
+    let up = TestUpstream::start().await;
+    let proxy = TestProxy::start(config(up.addr, BY_CLIENT)).await;
+    let (a, x) = (url("/a"), "/x?cc=no-store".to_owned());
+    get_with(&proxy.url(&a), &[("x-client-id", "trainer")]).await;
+    // Learns a ─► x; x's answer is not storable, so x is marked hit-for-pass.
+    get_with(&proxy.url(&x), &[("x-client-id", "trainer")]).await;
+    get_with(&proxy.url(&a), &[("x-client-id", "visitor")]).await;
+    until_metric(&proxy, "augur_prefetch_skipped_pass_total", 1.0).await;
+    settled(&proxy).await;
+    assert_eq!(up.count(&x), 1, "a pass-marked x was prefetched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_spend_the_global_budget() {
+    let up = TestUpstream::start().await;
+    let extra = format!("{BY_CLIENT}\nbudget = 1.0\nclient_budget = 0.1\nmax_concurrency = 64");
+    let proxy = TestProxy::start(config(up.addr, &extra)).await;
+    const N: usize = 30;
+    let greedy = [("x-client-id", "greedy")];
+    for i in 0..=N {
+        get_with(&proxy.url(&url(&format!("/a{i}"))), &greedy).await;
+        get_with(&proxy.url(&url(&format!("/b{i}"))), &greedy).await;
+    }
+    purge(&proxy).await;
+    for i in 0..N {
+        get_with(&proxy.url(&url(&format!("/a{i}"))), &greedy).await;
+    }
+    // Every a_i predicts b_i: each is prefetched or dropped by a budget.
+    let outcomes = || async {
+        proxy.metric("augur_prefetch_issued_total").await
+            + proxy.metric("augur_prefetch_dropped_budget_total").await
+            + proxy
+                .metric("augur_prefetch_dropped_client_budget_total")
+                .await
+    };
+    eventually(PATIENCE, "every prediction decided", || async {
+        outcomes().await >= N as f64
+    })
+    .await;
+    settled(&proxy).await;
+    let issued = proxy.metric("augur_prefetch_issued_total").await;
+    // The client's bucket: a burst of 1, then 0.1 per request of its own.
+    assert!(issued <= 4.0, "greedy client issued {issued}");
+    // The global bucket (1 per request, burst 20) is not spent: another client still gets
+    // its prefetch.
+    let last = url(&format!("/b{N}"));
+    get_with(
+        &proxy.url(&url(&format!("/a{N}"))),
+        &[("x-client-id", "other")],
+    )
+    .await;
+    until("b prefetched for another client", || up.count(&last) == 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_file_is_private_and_saved_while_running() {
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (file, extra) = with_state_file(&dir, "\nsave_interval = \"1s\"");
+    let proxy = TestProxy::start(config(up.addr, &extra)).await;
+    let (a, b) = (url("/a"), url("/b"));
+    get(&proxy.url(&a)).await;
+    get(&proxy.url(&b)).await;
+    // No shutdown: a crash now would keep what the last periodic save wrote.
+    eventually(PATIENCE, "model saved while running", || async {
+        std::fs::read_to_string(&file).is_ok_and(|j| j.contains("/b?"))
+    })
+    .await;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    }
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["model.json"], "no temporary file left behind");
+    drop(proxy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saving_never_writes_through_a_planted_file() {
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Someone who can write to the directory plants the old, predictable temporary name.
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "keep").unwrap();
+    std::os::unix::fs::symlink(&victim, dir.path().join("model.tmp")).unwrap();
+    let (file, extra) = with_state_file(&dir, "");
+    let mut proxy = TestProxy::start(config(up.addr, &extra)).await;
+    get(&proxy.url(&url("/a"))).await;
+    get(&proxy.url(&url("/b"))).await;
+    proxy.shutdown();
+    let done = tokio::time::timeout(Duration::from_secs(5), proxy.task.take().unwrap()).await;
+    assert!(matches!(done, Ok(Ok(Ok(())))));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+    assert!(std::fs::read_to_string(&file).unwrap().contains("/b?"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,11 +503,7 @@ async fn budget_caps_prefetches_under_a_burst() {
 async fn model_survives_a_restart() {
     let up = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("model.json");
-    let extra = format!(
-        "prefetch = true\n\n[prefetch]\nstate_file = \"{}\"",
-        file.display()
-    );
+    let (file, extra) = with_state_file(&dir, "");
     let (a, b) = (url("/a"), url("/b"));
     // The model keys on the request's host: send the same one to both instances.
     let host = [("host", "api.example")];

@@ -183,6 +183,12 @@ impl Cache {
             .is_some_and(|e| e.is_fresh(self.clock.now_ms()))
     }
 
+    /// Is `key` marked hit-for-pass (its last answer was uncacheable)? Read-only: the
+    /// prefetcher asks, so as not to prefetch what will not be stored.
+    pub fn is_pass_marked(&self, key: &CacheKey) -> bool {
+        self.pass_marks.is_marked(key, self.clock.now_ms())
+    }
+
     /// Serve a fresh `key` from L1, or run `fetch` once for all concurrent callers and store
     /// what it allows (see [`Cache::lookup_or_fetch_for`]). `headers`: the request headers the
     /// fetch sends, which select the variant when responses vary.

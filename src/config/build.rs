@@ -336,7 +336,35 @@ fn build_prefetch(doc: &Doc, p: RawPrefetch) -> Result<PrefetchConfig, ConfigErr
         top_successors: count("top_successors", p.top_successors, d.top_successors, 64)?,
         queue: count("queue", p.queue, d.queue, 1 << 20)?,
         state_file: p.state_file.map(std::path::PathBuf::from),
+        save_interval: p.save_interval.value_or(d.save_interval),
+        max_model_bytes: p.max_model_bytes.value_or(d.max_model_bytes),
+        max_url_bytes: p.max_url_bytes.value_or(d.max_url_bytes),
+        queue_bytes: p.queue_bytes.value_or(d.queue_bytes),
+        client_budget: unit("client_budget", p.client_budget, d.client_budget, true)?,
     };
+    for (name, v, min, max, e_g) in [
+        (
+            "max_model_bytes",
+            c.max_model_bytes,
+            1 << 20,
+            u64::MAX,
+            "\"64MiB\"",
+        ),
+        ("max_url_bytes", c.max_url_bytes, 64, 64 << 10, "\"2KiB\""),
+        ("queue_bytes", c.queue_bytes, 64 << 10, u64::MAX, "\"4MiB\""),
+    ] {
+        if !(min..=max).contains(&v) {
+            let range = if max == u64::MAX {
+                format!("at least {min} bytes")
+            } else {
+                format!("{min}..={max} bytes")
+            };
+            return Err(doc.err(
+                &format!("prefetch.{name}"),
+                format!("{v} bytes is out of range (must be {range}, e.g. {e_g})"),
+            ));
+        }
+    }
     for (name, v) in [
         ("idle_gap", c.idle_gap),
         ("use_window", c.use_window),
@@ -372,6 +400,9 @@ fn build_route(
         check_upstream_host(doc, i, h)?;
     }
     let query = route_query(doc, i, r.query_include, r.query_exclude)?;
+    if !r.unsafe_prefetch_forward_credentials.unwrap_or(false) {
+        check_prefetch_forward(doc, i, r.prefetch_forward_headers.as_deref())?;
+    }
     let route = RouteConfig {
         name: r.name,
         hosts,
@@ -509,6 +540,42 @@ fn route_query(
         (None, Some(exc)) => Ok(QueryKey::Exclude(exc)),
         (None, None) => Ok(QueryKey::All),
     }
+}
+
+/// Request headers that carry a client's credentials. A prefetch is triggered by whoever
+/// trained the model, so forwarding one of these would send a victim's credentials to a URL
+/// an attacker chose (and store the answer under a key without them).
+const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "x-auth-token",
+    "x-csrf-token",
+];
+
+/// `prefetch_forward_headers` names no credential (unless the route opts in explicitly).
+fn check_prefetch_forward(
+    doc: &Doc,
+    i: usize,
+    names: Option<&[Human<HeaderName>]>,
+) -> Result<(), ConfigError> {
+    for (j, h) in names.unwrap_or_default().iter().enumerate() {
+        if CREDENTIAL_HEADERS.contains(&h.0.as_str()) {
+            let msg = format!(
+                "{:?} is a credential: a prefetch anyone can train would carry it to URLs they \
+                 choose (remove it, or set unsafe_prefetch_forward_credentials = true)",
+                h.0.as_str()
+            );
+            return Err(route_err(
+                doc,
+                i,
+                &format!("prefetch_forward_headers[{j}]"),
+                msg,
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn header_names(names: Option<Vec<Human<HeaderName>>>) -> Vec<HeaderName> {

@@ -295,6 +295,16 @@ pub struct PrefetchConfig {
     pub queue: usize,
     /// Model saved here on shutdown and loaded at start; `None` = not persisted.
     pub state_file: Option<std::path::PathBuf>,
+    /// Periodic save of the model while running; zero = only on shutdown.
+    pub save_interval: Duration,
+    /// Memory the model may hold (approximate bytes); LRU states dropped beyond.
+    pub max_model_bytes: u64,
+    /// Longer host + path + query is not observed.
+    pub max_url_bytes: u64,
+    /// Bytes of queued observations; more are dropped (and counted).
+    pub queue_bytes: u64,
+    /// Prefetches allowed per request of one client (its own token bucket), in [0, 1].
+    pub client_budget: f32,
 }
 
 impl Default for PrefetchConfig {
@@ -315,6 +325,11 @@ impl Default for PrefetchConfig {
             top_successors: 4,
             queue: 4096,
             state_file: None,
+            save_interval: Duration::from_secs(300),
+            max_model_bytes: 64 << 20,
+            max_url_bytes: 2 << 10,
+            queue_bytes: 4 << 20,
+            client_budget: 0.5,
         }
     }
 }

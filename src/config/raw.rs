@@ -257,8 +257,24 @@ pub(super) struct RawPrefetch {
     /// Observations queued for the background worker; beyond this they are dropped.
     /// Default 4096.
     pub(super) queue: Option<usize>,
-    /// File the model is saved to on shutdown and loaded from at start. Default: none.
+    /// File the model is saved to (periodically and on shutdown) and loaded from at start.
+    /// Written with mode 0600. Default: none.
     pub(super) state_file: Option<String>,
+    /// How often the model is saved to `state_file` while running; `"0s"` = only on
+    /// shutdown. Default `"5m"`.
+    pub(super) save_interval: Option<Human<Duration>>,
+    /// Memory the model may hold (interned keys, states, clients); the least recently used
+    /// states are dropped beyond it. At least `"1MiB"`. Default `"64MiB"`.
+    pub(super) max_model_bytes: Option<Human<ByteSize>>,
+    /// Requests whose host + path + query is longer than this are not observed (counted in
+    /// `augur_prefetch_skipped_long_url_total`), 64B..=64KiB. Default `"2KiB"`.
+    pub(super) max_url_bytes: Option<Human<ByteSize>>,
+    /// Bytes of observations queued for the worker (besides `queue`); beyond, they are dropped.
+    /// At least `"64KiB"`. Default `"4MiB"`.
+    pub(super) queue_bytes: Option<Human<ByteSize>>,
+    /// Prefetches allowed per request of one client (its own token bucket, beside the global
+    /// `budget`; burst `max(1, 4 × client_budget)`), in [0, 1]. Default 0.5.
+    pub(super) client_budget: Option<f32>,
 }
 
 /// `[[route]]`
@@ -314,6 +330,10 @@ pub(super) struct RawRoute {
     /// Request headers a prefetch may copy from the client's request, e.g.
     /// `["Accept-Language"]`. Default none: prefetches never carry credentials.
     pub(super) prefetch_forward_headers: Option<Vec<Human<HeaderName>>>,
+    /// Allow `prefetch_forward_headers` to name a credential (`Authorization`, `Cookie`,
+    /// `Proxy-Authorization`, `X-Api-Key`, `X-Auth-Token`, `X-Csrf-Token`): prefetches anyone
+    /// can train would carry a victim's credentials. Default `false` (a config error).
+    pub(super) unsafe_prefetch_forward_credentials: Option<bool>,
     /// Request headers removed from GET/HEAD before keying and forwarding, e.g.
     /// `["X-Debug"]` (on top of `Forwarded`, `X-Original-URL` and the other override fields
     /// Augur always removes unless `key_headers` names them). Default none.

@@ -16,6 +16,10 @@ pub(super) struct PrefetchMetrics {
     pub(super) dropped_budget: Counter,
     pub(super) dropped_concurrency: Counter,
     pub(super) dropped_queue: Counter,
+    pub(super) dropped_client_budget: Counter,
+    pub(super) skipped_long_url: Counter,
+    pub(super) skipped_pass: Counter,
+    pub(super) save_errors: Counter,
     pub(super) precision: Gauge,
     pub(super) budget_scale: Gauge,
     pub(super) in_flight: Gauge,
@@ -51,7 +55,7 @@ impl PrefetchMetrics {
             ),
             wasted: c(
                 "augur_prefetch_wasted_total",
-                "Prefetched entries not used within use_window, or evicted or expired first.",
+                "Prefetches not used: unused within use_window, evicted or expired first, or never stored (failed or uncacheable).",
             ),
             wasted_evicted: c(
                 "augur_prefetch_wasted_evicted_total",
@@ -59,7 +63,7 @@ impl PrefetchMetrics {
             ),
             failed: c(
                 "augur_prefetch_failed_total",
-                "Prefetches whose response failed or was not storable.",
+                "Prefetches whose response failed or was not storable (also counted as wasted).",
             ),
             dropped_budget: c(
                 "augur_prefetch_dropped_budget_total",
@@ -71,7 +75,23 @@ impl PrefetchMetrics {
             ),
             dropped_queue: c(
                 "augur_prefetch_dropped_observations_total",
-                "Observations dropped because the prefetch worker's queue was full.",
+                "Observations dropped because the prefetch worker's queue was full (queue or queue_bytes).",
+            ),
+            dropped_client_budget: c(
+                "augur_prefetch_dropped_client_budget_total",
+                "Predicted prefetches skipped because the requesting client's client_budget was spent.",
+            ),
+            skipped_long_url: c(
+                "augur_prefetch_skipped_long_url_total",
+                "Requests not observed because host + path + query is longer than max_url_bytes.",
+            ),
+            skipped_pass: c(
+                "augur_prefetch_skipped_pass_total",
+                "Predicted prefetches skipped because the key is marked hit-for-pass (last answer uncacheable).",
+            ),
+            save_errors: c(
+                "augur_prefetch_save_errors_total",
+                "Periodic saves of the model to state_file that failed.",
             ),
             precision: g(
                 "augur_prefetch_precision",

@@ -12,15 +12,24 @@
 //! a hit) instead of starting when the client is already asking for it.
 //!
 //! How the upstream is protected:
-//! * only GET, only routes with `prefetch = true`, and a synthetic header set: a prefetch
-//!   carries no client header except the route's `prefetch_forward_headers` (never credentials
-//!   by default); the stored entry goes through the same `policy` as any miss;
-//! * a token bucket: at most `budget` prefetches per client request (plus a small burst);
+//! * only GET, only routes with `prefetch = true` (observed and prefetched), and a synthetic
+//!   header set: a prefetch carries no client header except the route's
+//!   `prefetch_forward_headers` (never credentials unless the route says `unsafe_…`); the
+//!   stored entry goes through the same `policy` as any miss;
+//! * token buckets: at most `budget` prefetches per observed request overall, and at most
+//!   `client_budget` per request of the same client (each plus a small burst), so one client
+//!   cannot spend what the others' requests earned;
 //! * a semaphore: at most `max_concurrency` prefetches in flight (none queue behind it);
 //! * per-transition precision: every prefetch is pending until a real request uses it (HIT,
-//!   or waited for it while in flight) or it is wasted (unused within `use_window`, expired, or
-//!   evicted); the outcome is credited to the transition that predicted it, and transitions
-//!   below `precision_floor` stop being predicted (see [`markov`]).
+//!   or waited for it while in flight) or it is wasted (unused within `use_window`, expired,
+//!   evicted, or never stored because its answer was uncacheable or failed); the outcome is
+//!   credited to the transition that predicted it, and transitions below `precision_floor`
+//!   stop being predicted (see [`markov`]);
+//! * a key the cache marked hit-for-pass (its last answer was uncacheable) is not prefetched.
+//!
+//! How the prefetcher's own memory is bounded: URLs longer than `max_url_bytes` are not
+//! observed, the queue is bounded in observations (`queue`) and in bytes (`queue_bytes`), and
+//! the model in bytes (`max_model_bytes`, see [`markov`]).
 //!
 //! Eviction: prefetched entries are inserted like any miss and never read by the prefetcher
 //! (it checks with `Cache::contains_fresh`, a peek that does not count as an access), so in
@@ -29,11 +38,12 @@
 
 pub mod markov;
 mod metrics;
+mod state_file;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,6 +83,8 @@ pub struct Observation {
     pq: String,
     /// Only the headers some route allows a prefetch to forward.
     headers: HeaderMap,
+    /// What it holds, counted against `queue_bytes` while queued.
+    bytes: usize,
 }
 
 /// What the request path tells the worker, in order.
@@ -82,6 +94,17 @@ enum Event {
     Arrived(Observation),
     /// The cache answered it: a prefetch it used (or fetched again) is credited.
     Served(CacheKey, Served),
+}
+
+impl Event {
+    /// Bytes counted against `queue_bytes` while queued.
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Event>()
+            + match self {
+                Event::Arrived(obs) => obs.bytes,
+                Event::Served(..) => 0,
+            }
+    }
 }
 
 struct Pending {
@@ -99,6 +122,11 @@ struct Shared {
     metrics: PrefetchMetrics,
     used: AtomicU64,
     wasted: AtomicU64,
+    /// Recent precision (moving average over prefetch outcomes), starting optimistic.
+    recent: Mutex<f32>,
+    floor: f32,
+    /// Bytes of the events in the queue.
+    queued: AtomicUsize,
 }
 
 impl Shared {
@@ -122,11 +150,56 @@ impl Shared {
             )
         };
         self.metrics.precision.set(u as f64 / (u + w).max(1) as f64);
+        self.note(used);
+    }
+
+    /// Budget control beyond single transitions: while the recent precision of all prefetches
+    /// is under the floor, the budget shrinks in proportion (down to a tenth), so a workload
+    /// the model cannot predict (many one-off transitions, each wasted once) costs the upstream
+    /// little; it recovers as soon as prefetches are used again.
+    fn budget_scale(&self) -> f32 {
+        if self.floor <= 0.0 {
+            return 1.0;
+        }
+        (*self.recent.lock() / self.floor).clamp(0.1, 1.0)
+    }
+
+    fn note(&self, used: bool) {
+        const ALPHA: f32 = 0.05;
+        {
+            let mut recent = self.recent.lock();
+            *recent += ALPHA * (f32::from(u8::from(used)) - *recent);
+        }
+        self.metrics
+            .budget_scale
+            .set(f64::from(self.budget_scale()));
+    }
+
+    /// A prefetch that stored nothing (its answer was uncacheable, or it failed): wasted, and
+    /// debited to the transitions that predicted it, so one that keeps predicting an
+    /// uncacheable or failing URL is switched off after `min_samples`.
+    /// The model as the state file's JSON.
+    fn json(&self) -> std::io::Result<String> {
+        self.model.lock().to_json().map_err(std::io::Error::other)
+    }
+
+    fn not_stored(&self, key: &CacheKey, now_ms: u64) {
+        self.metrics.failed.increment(1);
+        // Resolved under the pending lock: the worker, which checks `pending` after predicting,
+        // cannot issue the same prefetch again before the transition is debited.
+        let mut pending = self.pending.lock();
+        if let Some(p) = pending.remove(key) {
+            self.resolve(&p, false, now_ms);
+        }
     }
 }
 
 /// Pending prefetches kept at most (beyond, new prefetches are not issued).
 const MAX_PENDING: usize = 65_536;
+
+/// Per-client token buckets kept at most: beyond, full buckets (the same as none) are
+/// forgotten, then all of them.
+const MAX_CLIENT_BUCKETS: usize = 65_536;
 
 /// The prefetcher: the request-path handle and the worker's state.
 pub struct Prefetcher {
@@ -142,12 +215,15 @@ pub struct Prefetcher {
     top_k: usize,
     threshold: f32,
     budget: f32,
-    precision_floor: f32,
+    client_budget: f32,
     max_concurrency: usize,
     semaphore: Arc<Semaphore>,
     stop: Arc<Notify>,
     use_window_ms: u64,
     state_file: Option<std::path::PathBuf>,
+    save_interval: Duration,
+    max_url_bytes: usize,
+    queue_bytes: usize,
 }
 
 impl Prefetcher {
@@ -162,22 +238,10 @@ impl Prefetcher {
             half_life_ms: ms(p.half_life),
             precision_floor: p.precision_floor,
             min_samples: p.min_samples as f32,
+            max_bytes: usize::try_from(p.max_model_bytes).unwrap_or(usize::MAX),
         });
         if let Some(path) = &p.state_file {
-            match std::fs::read_to_string(path) {
-                Ok(json) => match model.load_json(&json) {
-                    Ok(()) => {
-                        tracing::info!(path = %path.display(), states = model.stats().states, "prefetch model loaded")
-                    }
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "prefetch model not loaded; starting empty")
-                    }
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "prefetch model not readable; starting empty")
-                }
-            }
+            state_file::load(path, &mut model);
         }
         let (tx, rx) = mpsc::channel(p.queue);
         let mut forwardable: Vec<HeaderName> = Vec::new();
@@ -197,6 +261,9 @@ impl Prefetcher {
                 metrics: PrefetchMetrics::new(metrics),
                 used: AtomicU64::new(0),
                 wasted: AtomicU64::new(0),
+                recent: Mutex::new(1.0),
+                floor: p.precision_floor,
+                queued: AtomicUsize::new(0),
             }),
             client_header: p.client_header.clone(),
             client_cookie: p.client_cookie.clone(),
@@ -205,12 +272,15 @@ impl Prefetcher {
             top_k: p.top_k,
             threshold: p.threshold,
             budget: p.budget,
-            precision_floor: p.precision_floor,
+            client_budget: p.client_budget,
             max_concurrency: p.max_concurrency,
             semaphore: Arc::new(Semaphore::new(p.max_concurrency)),
             stop: Arc::new(Notify::new()),
             use_window_ms: ms(p.use_window),
             state_file: p.state_file.clone(),
+            save_interval: p.save_interval,
+            max_url_bytes: usize::try_from(p.max_url_bytes).unwrap_or(usize::MAX),
+            queue_bytes: usize::try_from(p.queue_bytes).unwrap_or(usize::MAX),
         }
     }
 
@@ -219,15 +289,24 @@ impl Prefetcher {
         self.enabled
     }
 
-    /// Request path, as a GET arrives (before the cache is asked): queue it for the worker,
-    /// which learns from it and prefetches its likely successors. Never waits.
+    /// Request path, as a GET on a `prefetch = true` route arrives (before the cache is
+    /// asked): queue it for the worker, which learns from it and prefetches its likely
+    /// successors. Never waits. A URL longer than `max_url_bytes` is not observed: its keys
+    /// would cost the model memory in proportion, and such URLs are rarely worth predicting.
     pub fn observe(&self, headers: &HeaderMap, peer: SocketAddr, host: &str, pq: &str) {
         if !self.enabled {
             return;
         }
+        if host.len() + pq.len() > self.max_url_bytes {
+            self.shared.metrics.skipped_long_url.increment(1);
+            return;
+        }
         let mut forward = HeaderMap::new();
+        // Per header: its name and value, and about a map slot.
+        let mut bytes = host.len() + pq.len();
         for name in &self.forwardable {
             for v in headers.get_all(name) {
+                bytes += name.as_str().len() + v.len() + 64;
                 forward.append(name.clone(), v.clone());
             }
         }
@@ -236,6 +315,7 @@ impl Prefetcher {
             host: host.to_owned(),
             pq: pq.to_owned(),
             headers: forward,
+            bytes,
         };
         self.send(Event::Arrived(obs));
     }
@@ -248,8 +328,14 @@ impl Prefetcher {
         }
     }
 
+    /// Queue `event` unless the queue is full in count or in bytes.
     fn send(&self, event: Event) {
-        if self.tx.try_send(event).is_err() {
+        let bytes = event.bytes();
+        let queued = &self.shared.queued;
+        if queued.fetch_add(bytes, Ordering::Relaxed) + bytes > self.queue_bytes
+            || self.tx.try_send(event).is_err()
+        {
+            queued.fetch_sub(bytes, Ordering::Relaxed);
             self.shared.metrics.dropped_queue.increment(1);
         }
     }
@@ -299,14 +385,20 @@ impl Prefetcher {
             top_k: self.top_k,
             threshold: self.threshold,
             budget: self.budget,
-            floor: self.precision_floor,
-            recent: 1.0,
             burst: (self.budget * 20.0).max(1.0),
             tokens: (self.budget * 20.0).max(1.0),
+            client_budget: self.client_budget,
+            client_burst: (self.client_budget * 4.0).max(1.0),
+            clients: HashMap::new(),
             use_window_ms: self.use_window_ms,
             next_sweep_ms: 0,
         };
-        Some(tokio::spawn(worker.run(rx, self.stop.clone())))
+        let save = self
+            .state_file
+            .clone()
+            .filter(|_| !self.save_interval.is_zero())
+            .map(|path| (path, self.save_interval));
+        Some(tokio::spawn(worker.run(rx, self.stop.clone(), save)))
     }
 
     /// Ask the worker to stop: it learns from what is still queued (prefetching nothing) and
@@ -315,20 +407,13 @@ impl Prefetcher {
         self.stop.notify_one();
     }
 
-    /// Save the model to `state_file` (atomically: write a temporary file, then rename).
+    /// Save the model to `state_file` (privately and atomically, see [`state_file`]).
     pub fn save(&self) -> std::io::Result<()> {
         let Some(path) = &self.state_file else {
             return Ok(());
         };
-        let json = self
-            .shared
-            .model
-            .lock()
-            .to_json()
-            .map_err(std::io::Error::other)?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, json)?;
-        std::fs::rename(&tmp, path)
+        let json = self.shared.json()?;
+        state_file::write(path, json.as_bytes())
     }
 
     /// JSON for `GET /prefetch/transitions?limit=N`.
@@ -371,34 +456,76 @@ struct Worker<S> {
     top_k: usize,
     threshold: f32,
     budget: f32,
-    floor: f32,
-    /// Recent precision (moving average over prefetch outcomes), starting optimistic.
-    recent: f32,
     burst: f32,
     tokens: f32,
+    client_budget: f32,
+    client_burst: f32,
+    /// Each client's tokens (its bucket, beside the global one).
+    clients: HashMap<u64, f32>,
     use_window_ms: u64,
     next_sweep_ms: u64,
 }
 
 impl<S: Source> Worker<S> {
-    async fn run(mut self, mut rx: mpsc::Receiver<Event>, stop: Arc<Notify>) {
+    /// Handle events until stopped; with `save`, write the state file every interval (in the
+    /// background: a large model must not hold up the queue).
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Event>,
+        stop: Arc<Notify>,
+        save: Option<(std::path::PathBuf, Duration)>,
+    ) {
+        let period = save.as_ref().map_or(Duration::from_secs(3600), |s| s.1);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut saving: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             tokio::select! {
                 event = rx.recv() => match event {
-                    Some(Event::Arrived(obs)) => self.arrived(obs),
-                    Some(Event::Served(key, served)) => self.served(key, served),
-                    None => return,
+                    Some(event) => {
+                        self.shared.queued.fetch_sub(event.bytes(), Ordering::Relaxed);
+                        match event {
+                            Event::Arrived(obs) => self.arrived(obs),
+                            Event::Served(key, served) => self.served(key, served),
+                        }
+                    }
+                    None => break,
                 },
+                _ = tick.tick(), if save.is_some() => {
+                    if saving.as_ref().is_none_or(|h| h.is_finished()) {
+                        saving = save.as_ref().map(|(path, _)| self.save_in_background(path));
+                    }
+                }
                 () = stop.notified() => break,
             }
+        }
+        // The final save (after this returns) must not be overtaken by an older one.
+        if let Some(h) = saving {
+            let _ = h.await;
         }
         let now = self.source.cache().now_ms();
         let mut model = self.shared.model.lock();
         while let Ok(event) = rx.try_recv() {
+            self.shared
+                .queued
+                .fetch_sub(event.bytes(), Ordering::Relaxed);
             if let Event::Arrived(obs) = event {
                 model.observe(obs.client, &obs.host, &obs.pq, now);
             }
         }
+    }
+
+    fn save_in_background(&self, path: &std::path::Path) -> tokio::task::JoinHandle<()> {
+        let (shared, path) = (self.shared.clone(), path.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let saved = shared
+                .json()
+                .and_then(|json| state_file::write(&path, json.as_bytes()));
+            if let Err(e) = saved {
+                shared.metrics.save_errors.increment(1);
+                tracing::warn!(path = %path.display(), error = %e, "prefetch model not saved");
+            }
+        })
     }
 
     /// Did this request use a prefetch?
@@ -412,7 +539,6 @@ impl<S: Source> Worker<S> {
                         self.shared.metrics.hits.increment(1);
                     }
                     self.shared.resolve(&p, true, now);
-                    self.note(true);
                 }
                 // Fetched again: the prefetched entry was evicted or expired first. (Still in
                 // flight means the client raced it to the flight: no verdict.)
@@ -424,7 +550,8 @@ impl<S: Source> Worker<S> {
 
     fn arrived(&mut self, obs: Observation) {
         let now = self.source.cache().now_ms();
-        self.tokens = (self.tokens + self.budget * self.budget_scale()).min(self.burst);
+        self.tokens = (self.tokens + self.budget * self.shared.budget_scale()).min(self.burst);
+        self.refill_client(obs.client);
         if now >= self.next_sweep_ms {
             self.sweep(now);
             self.next_sweep_ms = now + 1000;
@@ -461,7 +588,13 @@ impl<S: Source> Worker<S> {
             }
         }
         let key = route.key(&Method::GET, &obs.host, &pred.pq, &headers);
-        if self.source.cache().contains_fresh(&key) {
+        let cache = self.source.cache();
+        if cache.contains_fresh(&key) {
+            return;
+        }
+        // Its last answer was uncacheable: a prefetch would store nothing.
+        if cache.is_pass_marked(&cache.variant_key(&key, &headers)) {
+            self.shared.metrics.skipped_pass.increment(1);
             return;
         }
         {
@@ -469,6 +602,11 @@ impl<S: Source> Worker<S> {
             if pending.contains_key(&key) || pending.len() >= MAX_PENDING {
                 return;
             }
+        }
+        let client_tokens = self.clients.get(&obs.client).copied().unwrap_or(0.0);
+        if client_tokens < 1.0 {
+            self.shared.metrics.dropped_client_budget.increment(1);
+            return;
         }
         if self.tokens < 1.0 {
             self.shared.metrics.dropped_budget.increment(1);
@@ -479,6 +617,9 @@ impl<S: Source> Worker<S> {
             return;
         };
         self.tokens -= 1.0;
+        if let Some(t) = self.clients.get_mut(&obs.client) {
+            *t -= 1.0;
+        }
         // The transitions' keys as strings only now that the prefetch is issued.
         let credits = self.shared.model.lock().credit_keys(&pred);
         self.shared.pending.lock().insert(
@@ -499,6 +640,10 @@ impl<S: Source> Worker<S> {
             let _permit = permit;
             let fetch = || source.prefetch_fetch(route_idx, &host, &pq, headers.clone());
             let outcome = source.cache().lookup_or_fetch(key, &headers, fetch).await;
+            if matches!(outcome, Outcome::Pass(_) | Outcome::Failed(_)) {
+                shared.not_stored(&key, source.cache().now_ms());
+                return;
+            }
             let mut pending = shared.pending.lock();
             match outcome {
                 // Fetched by this prefetch (a 304 that freshened a stale entry counts too).
@@ -518,32 +663,24 @@ impl<S: Source> Worker<S> {
                 | Outcome::Coalesced { .. } => {
                     pending.remove(&key);
                 }
-                Outcome::Pass(_) | Outcome::Failed(_) => {
-                    shared.metrics.failed.increment(1);
-                    pending.remove(&key);
-                }
+                // Handled above.
+                Outcome::Pass(_) | Outcome::Failed(_) => {}
             }
         });
     }
 
-    /// Budget control beyond single transitions: while the recent precision of all prefetches
-    /// is under the floor, the budget shrinks in proportion (down to a tenth), so a workload
-    /// the model cannot predict (many one-off transitions, each wasted once) costs the upstream
-    /// little; it recovers as soon as prefetches are used again.
-    fn budget_scale(&self) -> f32 {
-        if self.floor <= 0.0 {
-            return 1.0;
+    /// A request of `client` earns it `client_budget` tokens (a new client starts with a full
+    /// bucket, so its first request can be prefetched for).
+    fn refill_client(&mut self, client: u64) {
+        let burst = self.client_burst;
+        if self.clients.len() >= MAX_CLIENT_BUCKETS && !self.clients.contains_key(&client) {
+            self.clients.retain(|_, t| *t < burst);
+            if self.clients.len() >= MAX_CLIENT_BUCKETS {
+                self.clients.clear();
+            }
         }
-        (self.recent / self.floor).clamp(0.1, 1.0)
-    }
-
-    fn note(&mut self, used: bool) {
-        const ALPHA: f32 = 0.05;
-        self.recent += ALPHA * (f32::from(u8::from(used)) - self.recent);
-        self.shared
-            .metrics
-            .budget_scale
-            .set(f64::from(self.budget_scale()));
+        let t = self.clients.entry(client).or_insert(burst);
+        *t = (*t + self.client_budget).min(burst);
     }
 
     /// Resolve stored prefetches that are past their window, or gone from the cache.
@@ -576,7 +713,6 @@ impl<S: Source> Worker<S> {
             self.shared.metrics.wasted_evicted.increment(1);
         }
         self.shared.resolve(p, false, now);
-        self.note(false);
     }
 }
 
@@ -624,6 +760,26 @@ mod tests {
         assert_eq!(cookie(&headers(&["flag; other=1"]), "flag"), None);
         assert_eq!(cookie(&headers(&["a=1", "b="]), "b"), Some(&b""[..]));
         assert_eq!(cookie(&HeaderMap::new(), "session"), None);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes() {
+        let text = "[prefetch]\nqueue = 100000\nqueue_bytes = \"64KiB\"\n\n[[route]]\n\
+                    name = \"api\"\nupstream = \"http://127.0.0.1:9\"\nprefetch = true\n";
+        let config = Config::from_str(text, "test.toml").unwrap();
+        let p = Prefetcher::new(&config, &Metrics::new(&["api"]));
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        // No worker: everything sent stays queued. 2000-byte URLs, under max_url_bytes.
+        let pad = "z".repeat(2000);
+        for i in 0..1000 {
+            p.observe(&HeaderMap::new(), peer, "h", &format!("/{i}/{pad}"));
+        }
+        let queued = p.shared.queued.load(Ordering::Relaxed);
+        assert!(queued <= 64 << 10, "{queued} bytes queued");
+        assert!(
+            p.tx.capacity() > 100_000 - 40,
+            "at most ~32 observations queued"
+        );
     }
 
     #[test]

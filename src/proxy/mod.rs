@@ -261,8 +261,9 @@ impl Proxy {
         if want.directives.only_if_cached {
             return self.only_if_cached(ex, &want);
         }
-        let is_get = ex.method() == Method::GET;
-        if is_get {
+        // Only GETs on routes that opted in teach the model (and only those can use a prefetch).
+        let observed = ex.method() == Method::GET && ex.route.cfg.prefetch;
+        if observed {
             self.prefetcher
                 .observe(ex.headers(), ex.peer, ex.host, ex.pq);
         }
@@ -298,7 +299,7 @@ impl Proxy {
             Outcome::Pass(resp) => resp,
             Outcome::Failed(e) => e.to_response(),
         };
-        if is_get {
+        if observed {
             self.prefetcher.served(ex.key, served);
         }
         (verdict, resp)

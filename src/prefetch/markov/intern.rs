@@ -72,6 +72,7 @@ impl Markov {
         }
         let id = Id::try_from(self.nodes.len()).unwrap_or(NO_ID - 1);
         let key: Arc<str> = Arc::from(key);
+        self.key_bytes += key.len();
         self.nodes.push(Node {
             key: key.clone(),
             state: None,
@@ -98,9 +99,13 @@ impl Markov {
     /// Forget interned keys nothing refers to any more (no state, no successor, no client),
     /// once their number has doubled since the last time: amortised O(1) per request.
     pub(super) fn maybe_collect(&mut self) {
-        if self.nodes.len() < self.collect_at {
-            return;
+        if self.nodes.len() >= self.collect_at {
+            self.collect();
         }
+    }
+
+    /// Forget the interned keys nothing refers to, renumbering the ids (a new epoch).
+    pub(super) fn collect(&mut self) {
         let mut live = vec![false; self.nodes.len()];
         for (id, node) in self.nodes.iter().enumerate() {
             if let Some(st) = &node.state {
@@ -149,6 +154,9 @@ impl Markov {
             *id = remap[*id as usize];
             *id != NO_ID
         });
+        // A map keeps its capacity when emptied: give it back, so the byte budget sees it.
+        self.index.shrink_to_fit();
+        self.key_bytes = self.nodes.iter().map(|n| n.key.len()).sum();
         for l in self.clients.values_mut() {
             l.raw = remap[l.raw as usize];
             l.tmpl = remap[l.tmpl as usize];

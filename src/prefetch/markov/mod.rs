@@ -12,7 +12,10 @@
 //! Counts decay exponentially with a half-life (applied lazily when a state is touched), so the
 //! model follows changing behaviour. Memory is bounded: at most `top_successors` successors per
 //! state (the weakest one is replaced), at most `max_states` states (the least recently used
-//! eighth is dropped when the cap is reached), at most `max_clients` tracked clients.
+//! eighth is dropped when the cap is reached), at most `max_clients` tracked clients, and at
+//! most `max_bytes` in all ([`Markov::approx_bytes`], counted on the interned keys, whose
+//! length the model does not choose: past it, least recently used states and then the
+//! longest-idle clients are dropped and the keys nothing refers to are collected).
 //!
 //! Each successor also carries the decayed outcome of the prefetches it caused (`issued`, `used`),
 //! so a transition whose precision falls below the floor stops being predicted. Because those
@@ -71,6 +74,9 @@ pub struct ModelSettings {
     pub precision_floor: f32,
     /// …once they have at least this much (decayed) evidence.
     pub min_samples: f32,
+    /// Memory the model may hold ([`Markov::approx_bytes`]): beyond, the least recently used
+    /// states and the longest-idle clients are dropped and their keys collected.
+    pub max_bytes: usize,
 }
 
 impl Default for ModelSettings {
@@ -83,6 +89,7 @@ impl Default for ModelSettings {
             half_life_ms: 3_600_000,
             precision_floor: 0.3,
             min_samples: 3.0,
+            max_bytes: 64 << 20,
         }
     }
 }
@@ -173,6 +180,8 @@ pub struct Markov {
     epoch: u64,
     /// Collect unreferenced keys once `nodes` is this long.
     collect_at: usize,
+    /// Bytes of the interned keys' text, for [`Markov::approx_bytes`] in O(1).
+    key_bytes: usize,
     /// The current request's keys and ids, reused from request to request.
     scratch: Keys,
 }
@@ -189,6 +198,7 @@ impl Markov {
             dropped_states: 0,
             epoch: 0,
             collect_at: MIN_COLLECT_AT,
+            key_bytes: 0,
             scratch: Keys::default(),
         }
     }
@@ -213,8 +223,14 @@ impl Markov {
     ) -> Vec<Prediction> {
         self.maybe_collect();
         let mut keys = std::mem::take(&mut self.scratch);
-        let (raw, tmpl) = self.intern_request(&mut keys, host, pq);
+        let (mut raw, mut tmpl) = self.intern_request(&mut keys, host, pq);
         self.observe_ids(client, raw, tmpl, now_ms);
+        if self.within_budget(Some(client)) {
+            // Keys were collected (renumbered): the client's position holds the new ids.
+            if let Some(last) = self.clients.get(&client) {
+                (raw, tmpl) = (last.raw, last.tmpl);
+            }
+        }
         let ask = predict::Ask {
             host,
             pq,
@@ -263,7 +279,8 @@ impl Markov {
             self.nodes[from as usize].state = Some(State {
                 total: 0.0,
                 updated_ms: now_ms,
-                succ: Vec::new(),
+                // Exactly `top`: what `approx_bytes` counts per state.
+                succ: Vec::with_capacity(top),
                 last_used: tick,
             });
             self.states += 1;
@@ -300,21 +317,85 @@ impl Markov {
 
     /// Drop the least recently used eighth of the states when the cap is reached.
     fn make_room(&mut self) {
-        let cap = self.settings.max_states.max(1);
-        if self.states < cap {
-            return;
+        if self.states >= self.settings.max_states.max(1) {
+            self.drop_lru_states();
         }
-        let mut ticks: Vec<u64> = self
+    }
+
+    /// The model's memory, estimated in O(1) from what it holds: interned keys (text, node,
+    /// index slot), successor slots, client positions. Upper-bounds [`ModelStats`]'s
+    /// figure, which is this one.
+    pub fn approx_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let top = self.settings.top_successors.max(1);
+        // An `Arc<str>` allocation carries two counters beside the text.
+        self.nodes.capacity() * size_of::<Node>()
+            + self.key_bytes
+            + self.nodes.len() * 16
+            + self.index.capacity() * (size_of::<(Arc<str>, Id)>() + 1)
+            + self.states * top * size_of::<Succ>()
+            + self.clients.capacity() * (size_of::<(u64, Last)>() + 1)
+    }
+
+    /// Past `max_bytes`: forget unreferenced keys; then drop the least recently used eighth
+    /// of the states, then (still over) the longest-idle eighth of the clients other than
+    /// `keep`, and collect again, until under. Whether keys were collected (renumbered).
+    fn within_budget(&mut self, keep: Option<u64>) -> bool {
+        // Each round drops an eighth: 64 rounds leave under a ten-thousandth.
+        const MAX_ROUNDS: usize = 64;
+        let max = self.settings.max_bytes;
+        if self.approx_bytes() <= max {
+            return false;
+        }
+        self.collect();
+        for _ in 0..MAX_ROUNDS {
+            if self.approx_bytes() <= max {
+                break;
+            }
+            let states = self.drop_lru_states();
+            self.collect();
+            if self.approx_bytes() <= max {
+                break;
+            }
+            // Client positions pin their keys too (two per client).
+            let clients = self.drop_idle_clients(keep);
+            self.collect();
+            if states + clients == 0 {
+                break;
+            }
+        }
+        true
+    }
+
+    /// Drop the longest-idle eighth of the tracked clients, never `keep`. How many.
+    fn drop_idle_clients(&mut self, keep: Option<u64>) -> usize {
+        let before = self.clients.len();
+        let at = self
+            .clients
+            .iter()
+            .filter(|(c, _)| Some(**c) != keep)
+            .map(|(_, l)| l.at_ms)
+            .collect();
+        let Some(cutoff) = eighth_cutoff(at) else {
+            return 0;
+        };
+        self.clients
+            .retain(|c, l| Some(*c) == keep || l.at_ms > cutoff);
+        self.clients.shrink_to_fit();
+        before - self.clients.len()
+    }
+
+    /// Drop the least recently used eighth of the states. How many.
+    fn drop_lru_states(&mut self) -> usize {
+        let before = self.states;
+        let ticks = self
             .nodes
             .iter()
             .filter_map(|n| n.state.as_ref().map(|s| s.last_used))
             .collect();
-        if ticks.is_empty() {
-            return;
-        }
-        let n = (ticks.len() / 8).max(1);
-        let (_, nth, _) = ticks.select_nth_unstable(n - 1);
-        let cutoff = *nth;
+        let Some(cutoff) = eighth_cutoff(ticks) else {
+            return 0;
+        };
         for node in &mut self.nodes {
             if node.state.as_ref().is_some_and(|s| s.last_used <= cutoff) {
                 node.state = None;
@@ -322,6 +403,7 @@ impl Markov {
                 self.dropped_states += 1;
             }
         }
+        before - self.states
     }
 
     /// The `limit` transitions with the highest counts.
@@ -355,22 +437,17 @@ impl Markov {
     }
 
     pub fn stats(&self) -> ModelStats {
-        let mut transitions = 0;
-        // Each key is held once (shared by the node and the index) plus an index slot.
-        let mut bytes = self.nodes.capacity() * std::mem::size_of::<Node>();
-        for n in &self.nodes {
-            bytes += n.key.len() + 16 + std::mem::size_of::<(Arc<str>, Id)>() + 8;
-            if let Some(s) = &n.state {
-                transitions += s.succ.len();
-                bytes += s.succ.capacity() * std::mem::size_of::<Succ>();
-            }
-        }
-        bytes += self.clients.len() * (std::mem::size_of::<(u64, Last)>() + 8);
+        let transitions = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.state.as_ref())
+            .map(|s| s.succ.len())
+            .sum();
         ModelStats {
             states: self.states,
             transitions,
             clients: self.clients.len(),
-            approx_bytes: bytes,
+            approx_bytes: self.approx_bytes(),
             dropped_states: self.dropped_states,
         }
     }
@@ -395,6 +472,12 @@ fn decay(state: &mut State, now_ms: u64, half_life_ms: u64) {
         s.used *= f;
     }
     state.updated_ms = now_ms;
+}
+
+/// The value at or under which the lowest eighth (at least one) of `values` lies.
+fn eighth_cutoff(mut values: Vec<u64>) -> Option<u64> {
+    let n = (values.len() / 8).max(1);
+    (!values.is_empty()).then(|| *values.select_nth_unstable(n - 1).1)
 }
 
 fn drop_oldest_half(clients: &mut Map<u64, Last>) {
@@ -516,5 +599,28 @@ mod tests {
         assert!(s.transitions <= 2 * 64);
         assert!(s.dropped_states > 0);
         assert!(s.approx_bytes > 0);
+    }
+
+    #[test]
+    fn memory_is_bounded_in_bytes_whatever_the_url_length() {
+        const BUDGET: usize = 8 << 20;
+        let mut m = Markov::new(ModelSettings {
+            max_bytes: BUDGET,
+            idle_gap_ms: 1000,
+            ..ModelSettings::default()
+        });
+        let pad = "x".repeat(60 << 10);
+        for i in 0..10_000u64 {
+            // A few clients, each a sequence of unique 60 KiB URLs: every request interns
+            // two long keys (URL and template) and makes a state.
+            m.observe(i % 5, "h", &format!("/{i}/{pad}"), i * 10);
+            // Checked at every step (and stopping at the first excess, not after 1 GB).
+            let bytes = m.stats().approx_bytes;
+            assert!(bytes <= BUDGET, "{bytes} bytes after {i} observations");
+        }
+        // Still learning: the newest transitions are there.
+        m.observe(1, "h", "/a", 200_000);
+        m.observe(1, "h", "/b", 200_010);
+        assert_eq!(m.predict("h", "/a", 200_020, 1, 0.5)[0].pq, "/b");
     }
 }

@@ -140,7 +140,9 @@ impl Markov {
             }
             st.succ.sort_by(|a, b| b.count.total_cmp(&a.count));
             st.succ.truncate(top);
+            st.succ.shrink_to(top);
         }
+        self.within_budget(None);
     }
 }
 
