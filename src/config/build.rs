@@ -401,7 +401,12 @@ fn build_route(
     }
     let query = route_query(doc, i, r.query_include, r.query_exclude)?;
     if !r.unsafe_prefetch_forward_credentials.unwrap_or(false) {
-        check_prefetch_forward(doc, i, r.prefetch_forward_headers.as_deref())?;
+        check_prefetch_forward(
+            doc,
+            i,
+            r.prefetch_forward_headers.as_deref(),
+            &cache.credential_headers,
+        )?;
     }
     let route = RouteConfig {
         name: r.name,
@@ -542,26 +547,22 @@ fn route_query(
     }
 }
 
-/// Request headers that carry a client's credentials. A prefetch is triggered by whoever
-/// trained the model, so forwarding one of these would send a victim's credentials to a URL
-/// an attacker chose (and store the answer under a key without them).
-const CREDENTIAL_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "x-api-key",
-    "x-auth-token",
-    "x-csrf-token",
-];
+/// Request headers that carry a client's credentials whatever `[cache] credential_headers`
+/// says. A prefetch is triggered by whoever trained the model, so forwarding a credential would
+/// send a victim's credentials to a URL an attacker chose (and store the answer under a key
+/// without them).
+const ALWAYS_CREDENTIALS: &[&str] = &["authorization", "proxy-authorization"];
 
-/// `prefetch_forward_headers` names no credential (unless the route opts in explicitly).
+/// `prefetch_forward_headers` names no credential (`Authorization`, `Proxy-Authorization`,
+/// `[cache] credential_headers`) unless the route opts in explicitly.
 fn check_prefetch_forward(
     doc: &Doc,
     i: usize,
     names: Option<&[Human<HeaderName>]>,
+    credentials: &[HeaderName],
 ) -> Result<(), ConfigError> {
     for (j, h) in names.unwrap_or_default().iter().enumerate() {
-        if CREDENTIAL_HEADERS.contains(&h.0.as_str()) {
+        if ALWAYS_CREDENTIALS.contains(&h.0.as_str()) || credentials.contains(&h.0) {
             let msg = format!(
                 "{:?} is a credential: a prefetch anyone can train would carry it to URLs they \
                  choose (remove it, or set unsafe_prefetch_forward_credentials = true)",
