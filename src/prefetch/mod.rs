@@ -1,7 +1,8 @@
 //! Prefetch: when a client GET arrives, before the cache is asked, `Proxy::through_cache` hands
 //! an [`Observation`] to [`Prefetcher::observe`]; once the cache has answered it reports how
 //! ([`Prefetcher::served`]). Both only `try_send` on one bounded channel (full ─► dropped and
-//! counted): nothing here is awaited on the request path. A background worker learns from the
+//! counted): nothing here is awaited on the request path. A background worker (`worker.rs`;
+//! this file keeps the request-path handle and the state both share) learns from the
 //! arrival ([`markov`]), predicts the next requests, and fetches those that are not fresh in
 //! cache through [`Cache::lookup_or_fetch`] with the proxy's own fetch ([`Source`]), so a client
 //! that asks while a prefetch is in flight waits for it instead of fetching twice.
