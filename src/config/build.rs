@@ -289,28 +289,21 @@ fn read_ca_file(doc: &Doc, path: &str) -> Result<Vec<u8>, ConfigError> {
     Ok(pem)
 }
 
+/// `[prefetch]`: every field with its default and range, then the byte limits, then the
+/// durations that must not be zero (in that order, so the first error reported is unchanged).
 fn build_prefetch(doc: &Doc, p: RawPrefetch) -> Result<PrefetchConfig, ConfigError> {
+    let c = prefetch_fields(doc, p)?;
+    check_prefetch_bytes(doc, &c)?;
+    check_prefetch_durations(doc, &c)?;
+    Ok(c)
+}
+
+/// The fields in declaration order, with the fractions and counts range-checked.
+fn prefetch_fields(doc: &Doc, p: RawPrefetch) -> Result<PrefetchConfig, ConfigError> {
     let d = PrefetchConfig::default();
-    let unit = |name: &str, v: Option<f32>, def: f32, zero_ok: bool| match v {
-        None => Ok(def),
-        Some(x) if x.is_finite() && x <= 1.0 && (x > 0.0 || (zero_ok && x == 0.0)) => Ok(x),
-        Some(x) => {
-            let range = if zero_ok { "[0, 1]" } else { "(0, 1]" };
-            Err(doc.err(
-                &format!("prefetch.{name}"),
-                format!("{x} is out of range (must be in {range}, e.g. 0.3)"),
-            ))
-        }
-    };
-    let count = |name: &str, v: Option<usize>, def: usize, max: usize| match v {
-        None => Ok(def),
-        Some(n) if (1..=max).contains(&n) => Ok(n),
-        Some(n) => Err(doc.err(
-            &format!("prefetch.{name}"),
-            format!("{n} is out of range (must be 1..={max})"),
-        )),
-    };
-    let c = PrefetchConfig {
+    let unit = |name, v, def, zero_ok| prefetch_unit(doc, name, v, def, zero_ok);
+    let count = |name, v, def, max| prefetch_count(doc, name, v, def, max);
+    Ok(PrefetchConfig {
         client_header: p.client_header.map(|h| h.0),
         client_cookie: p.client_cookie.map(|c| c.0 .0),
         idle_gap: p.idle_gap.value_or(d.idle_gap),
@@ -341,7 +334,50 @@ fn build_prefetch(doc: &Doc, p: RawPrefetch) -> Result<PrefetchConfig, ConfigErr
         max_url_bytes: p.max_url_bytes.value_or(d.max_url_bytes),
         queue_bytes: p.queue_bytes.value_or(d.queue_bytes),
         client_budget: unit("client_budget", p.client_budget, d.client_budget, true)?,
-    };
+    })
+}
+
+/// `prefetch.<name>`, a fraction in (0, 1], or [0, 1] with `zero_ok`; `def` when absent.
+fn prefetch_unit(
+    doc: &Doc,
+    name: &str,
+    v: Option<f32>,
+    def: f32,
+    zero_ok: bool,
+) -> Result<f32, ConfigError> {
+    match v {
+        None => Ok(def),
+        Some(x) if x.is_finite() && x <= 1.0 && (x > 0.0 || (zero_ok && x == 0.0)) => Ok(x),
+        Some(x) => {
+            let range = if zero_ok { "[0, 1]" } else { "(0, 1]" };
+            Err(doc.err(
+                &format!("prefetch.{name}"),
+                format!("{x} is out of range (must be in {range}, e.g. 0.3)"),
+            ))
+        }
+    }
+}
+
+/// `prefetch.<name>`, a count in 1..=`max`; `def` when absent.
+fn prefetch_count(
+    doc: &Doc,
+    name: &str,
+    v: Option<usize>,
+    def: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
+    match v {
+        None => Ok(def),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(doc.err(
+            &format!("prefetch.{name}"),
+            format!("{n} is out of range (must be 1..={max})"),
+        )),
+    }
+}
+
+/// The memory limits: each within its range (an upper bound of `u64::MAX` is "at least").
+fn check_prefetch_bytes(doc: &Doc, c: &PrefetchConfig) -> Result<(), ConfigError> {
     for (name, v, min, max, e_g) in [
         (
             "max_model_bytes",
@@ -365,6 +401,12 @@ fn build_prefetch(doc: &Doc, p: RawPrefetch) -> Result<PrefetchConfig, ConfigErr
             ));
         }
     }
+    Ok(())
+}
+
+/// The model's clocks: zero is never meant (a zero `use_window` would waste every prefetch, a
+/// zero `idle_gap` would learn almost no transition), so it is refused rather than guessed at.
+fn check_prefetch_durations(doc: &Doc, c: &PrefetchConfig) -> Result<(), ConfigError> {
     for (name, v) in [
         ("idle_gap", c.idle_gap),
         ("use_window", c.use_window),
@@ -374,7 +416,7 @@ fn build_prefetch(doc: &Doc, p: RawPrefetch) -> Result<PrefetchConfig, ConfigErr
             return Err(doc.err(&format!("prefetch.{name}"), "must be greater than 0s"));
         }
     }
-    Ok(c)
+    Ok(())
 }
 
 // ─────────────────────────────── one [[route]], step by step ───────────────────────────────

@@ -1,7 +1,8 @@
 //! Prefetch: when a client GET arrives, before the cache is asked, `Proxy::through_cache` hands
 //! an [`Observation`] to [`Prefetcher::observe`]; once the cache has answered it reports how
 //! ([`Prefetcher::served`]). Both only `try_send` on one bounded channel (full ─► dropped and
-//! counted): nothing here is awaited on the request path. A background worker learns from the
+//! counted): nothing here is awaited on the request path. A background worker (`worker.rs`;
+//! this file keeps the request-path handle and the state both share) learns from the
 //! arrival ([`markov`]), predicts the next requests, and fetches those that are not fresh in
 //! cache through [`Cache::lookup_or_fetch`] with the proxy's own fetch ([`Source`]), so a client
 //! that asks while a prefetch is in flight waits for it instead of fetching twice.
@@ -39,6 +40,7 @@
 pub mod markov;
 mod metrics;
 mod state_file;
+mod worker;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -47,13 +49,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
+use http::{header, HeaderMap, HeaderName, HeaderValue};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
 use self::metrics::PrefetchMetrics;
+use self::worker::Worker;
 use crate::cache::Served;
-use crate::cache::{Cache, Fetched, Outcome};
+use crate::cache::{Cache, Fetched};
 use crate::config::Config;
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
@@ -175,14 +178,14 @@ impl Shared {
             .set(f64::from(self.budget_scale()));
     }
 
-    /// A prefetch that stored nothing (its answer was uncacheable, or it failed): wasted, and
-    /// debited to the transitions that predicted it, so one that keeps predicting an
-    /// uncacheable or failing URL is switched off after `min_samples`.
     /// The model as the state file's JSON.
     fn json(&self) -> std::io::Result<String> {
         self.model.lock().to_json().map_err(std::io::Error::other)
     }
 
+    /// A prefetch that stored nothing (its answer was uncacheable, or it failed): wasted, and
+    /// debited to the transitions that predicted it, so one that keeps predicting an
+    /// uncacheable or failing URL is switched off after `min_samples`.
     fn not_stored(&self, key: &CacheKey, now_ms: u64) {
         self.metrics.failed.increment(1);
         // Resolved under the pending lock: the worker, which checks `pending` after predicting,
@@ -193,13 +196,6 @@ impl Shared {
         }
     }
 }
-
-/// Pending prefetches kept at most (beyond, new prefetches are not issued).
-const MAX_PENDING: usize = 65_536;
-
-/// Per-client token buckets kept at most: beyond, full buckets (the same as none) are
-/// forgotten, then all of them.
-const MAX_CLIENT_BUCKETS: usize = 65_536;
 
 /// The prefetcher: the request-path handle and the worker's state.
 pub struct Prefetcher {
@@ -378,21 +374,7 @@ impl Prefetcher {
             return None;
         }
         let rx = self.rx.lock().take()?;
-        let worker = Worker {
-            source,
-            shared: self.shared.clone(),
-            semaphore: self.semaphore.clone(),
-            top_k: self.top_k,
-            threshold: self.threshold,
-            budget: self.budget,
-            burst: (self.budget * 20.0).max(1.0),
-            tokens: (self.budget * 20.0).max(1.0),
-            client_budget: self.client_budget,
-            client_burst: (self.client_budget * 4.0).max(1.0),
-            clients: HashMap::new(),
-            use_window_ms: self.use_window_ms,
-            next_sweep_ms: 0,
-        };
+        let worker = Worker::new(source, self);
         let save = self
             .state_file
             .clone()
@@ -447,273 +429,6 @@ impl Prefetcher {
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-struct Worker<S> {
-    source: Arc<S>,
-    shared: Arc<Shared>,
-    semaphore: Arc<Semaphore>,
-    top_k: usize,
-    threshold: f32,
-    budget: f32,
-    burst: f32,
-    tokens: f32,
-    client_budget: f32,
-    client_burst: f32,
-    /// Each client's tokens (its bucket, beside the global one).
-    clients: HashMap<u64, f32>,
-    use_window_ms: u64,
-    next_sweep_ms: u64,
-}
-
-impl<S: Source> Worker<S> {
-    /// Handle events until stopped; with `save`, write the state file every interval (in the
-    /// background: a large model must not hold up the queue).
-    async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Event>,
-        stop: Arc<Notify>,
-        save: Option<(std::path::PathBuf, Duration)>,
-    ) {
-        let period = save.as_ref().map_or(Duration::from_secs(3600), |s| s.1);
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut saving: Option<tokio::task::JoinHandle<()>> = None;
-        loop {
-            tokio::select! {
-                event = rx.recv() => match event {
-                    Some(event) => {
-                        self.shared.queued.fetch_sub(event.bytes(), Ordering::Relaxed);
-                        match event {
-                            Event::Arrived(obs) => self.arrived(obs),
-                            Event::Served(key, served) => self.served(key, served),
-                        }
-                    }
-                    None => break,
-                },
-                _ = tick.tick(), if save.is_some() => {
-                    if saving.as_ref().is_none_or(|h| h.is_finished()) {
-                        saving = save.as_ref().map(|(path, _)| self.save_in_background(path));
-                    }
-                }
-                () = stop.notified() => break,
-            }
-        }
-        // The final save (after this returns) must not be overtaken by an older one.
-        if let Some(h) = saving {
-            let _ = h.await;
-        }
-        let now = self.source.cache().now_ms();
-        let mut model = self.shared.model.lock();
-        while let Ok(event) = rx.try_recv() {
-            self.shared
-                .queued
-                .fetch_sub(event.bytes(), Ordering::Relaxed);
-            if let Event::Arrived(obs) = event {
-                model.observe(obs.client, &obs.host, &obs.pq, now);
-            }
-        }
-    }
-
-    fn save_in_background(&self, path: &std::path::Path) -> tokio::task::JoinHandle<()> {
-        let (shared, path) = (self.shared.clone(), path.to_owned());
-        tokio::task::spawn_blocking(move || {
-            let saved = shared
-                .json()
-                .and_then(|json| state_file::write(&path, json.as_bytes()));
-            if let Err(e) = saved {
-                shared.metrics.save_errors.increment(1);
-                tracing::warn!(path = %path.display(), error = %e, "prefetch model not saved");
-            }
-        })
-    }
-
-    /// Did this request use a prefetch?
-    fn served(&mut self, key: CacheKey, served: Served) {
-        let now = self.source.cache().now_ms();
-        let pending = self.shared.pending.lock().remove(&key);
-        if let Some(p) = pending {
-            match served {
-                Served::Hit | Served::Coalesced => {
-                    if served == Served::Hit {
-                        self.shared.metrics.hits.increment(1);
-                    }
-                    self.shared.resolve(&p, true, now);
-                }
-                // Fetched again: the prefetched entry was evicted or expired first. (Still in
-                // flight means the client raced it to the flight: no verdict.)
-                Served::Fetched if p.stored => self.waste(&p, now),
-                Served::Fetched => {}
-            }
-        }
-    }
-
-    fn arrived(&mut self, obs: Observation) {
-        let now = self.source.cache().now_ms();
-        self.tokens = (self.tokens + self.budget * self.shared.budget_scale()).min(self.burst);
-        self.refill_client(obs.client);
-        if now >= self.next_sweep_ms {
-            self.sweep(now);
-            self.next_sweep_ms = now + 1000;
-        }
-
-        let predictions = {
-            let mut model = self.shared.model.lock();
-            model.observe_predict(
-                obs.client,
-                &obs.host,
-                &obs.pq,
-                now,
-                self.top_k,
-                self.threshold,
-            )
-        };
-        for pred in predictions {
-            self.consider(&obs, pred, now);
-        }
-    }
-
-    fn consider(&mut self, obs: &Observation, pred: markov::Prediction, now: u64) {
-        let path = pred.pq.split('?').next().unwrap_or("/");
-        let Some(route) = self.source.routes().find(&obs.host, path, &Method::GET) else {
-            return;
-        };
-        if !route.cfg.prefetch {
-            return;
-        }
-        let mut headers = HeaderMap::new();
-        for name in &route.cfg.prefetch_forward_headers {
-            for v in obs.headers.get_all(name) {
-                headers.append(name.clone(), v.clone());
-            }
-        }
-        let key = route.key(&Method::GET, &obs.host, &pred.pq, &headers);
-        let cache = self.source.cache();
-        if cache.contains_fresh(&key) {
-            return;
-        }
-        // Its last answer was uncacheable: a prefetch would store nothing.
-        if cache.is_pass_marked(&cache.variant_key(&key, &headers)) {
-            self.shared.metrics.skipped_pass.increment(1);
-            return;
-        }
-        {
-            let pending = self.shared.pending.lock();
-            if pending.contains_key(&key) || pending.len() >= MAX_PENDING {
-                return;
-            }
-        }
-        let client_tokens = self.clients.get(&obs.client).copied().unwrap_or(0.0);
-        if client_tokens < 1.0 {
-            self.shared.metrics.dropped_client_budget.increment(1);
-            return;
-        }
-        if self.tokens < 1.0 {
-            self.shared.metrics.dropped_budget.increment(1);
-            return;
-        }
-        let Ok(permit) = self.semaphore.clone().try_acquire_owned() else {
-            self.shared.metrics.dropped_concurrency.increment(1);
-            return;
-        };
-        self.tokens -= 1.0;
-        if let Some(t) = self.clients.get_mut(&obs.client) {
-            *t -= 1.0;
-        }
-        // The transitions' keys as strings only now that the prefetch is issued.
-        let credits = self.shared.model.lock().credit_keys(&pred);
-        self.shared.pending.lock().insert(
-            key,
-            Pending {
-                credits,
-                stored: false,
-                deadline_ms: now + self.use_window_ms,
-            },
-        );
-        let source = self.source.clone();
-        let shared = self.shared.clone();
-        let route_idx = route.idx;
-        let host = obs.host.clone();
-        let pq = pred.pq;
-        let window = self.use_window_ms;
-        tokio::spawn(async move {
-            let _permit = permit;
-            let fetch = || source.prefetch_fetch(route_idx, &host, &pq, headers.clone());
-            let outcome = source.cache().lookup_or_fetch(key, &headers, fetch).await;
-            if matches!(outcome, Outcome::Pass(_) | Outcome::Failed(_)) {
-                shared.not_stored(&key, source.cache().now_ms());
-                return;
-            }
-            let mut pending = shared.pending.lock();
-            match outcome {
-                // Fetched by this prefetch (a 304 that freshened a stale entry counts too).
-                Outcome::Miss(entry) | Outcome::Revalidated(entry) => {
-                    shared.metrics.issued.increment(1);
-                    if let Some(p) = pending.get_mut(&key) {
-                        let expires = (entry.response_time + entry.lifetime)
-                            .saturating_sub(entry.initial_age);
-                        p.stored = true;
-                        p.deadline_ms = (source.cache().now_ms() + window).min(expires);
-                    }
-                }
-                // Someone else's fetch: not ours to credit.
-                Outcome::Hit(_)
-                | Outcome::HitL2(_)
-                | Outcome::Stale { .. }
-                | Outcome::Coalesced { .. } => {
-                    pending.remove(&key);
-                }
-                // Handled above.
-                Outcome::Pass(_) | Outcome::Failed(_) => {}
-            }
-        });
-    }
-
-    /// A request of `client` earns it `client_budget` tokens (a new client starts with a full
-    /// bucket, so its first request can be prefetched for).
-    fn refill_client(&mut self, client: u64) {
-        let burst = self.client_burst;
-        if self.clients.len() >= MAX_CLIENT_BUCKETS && !self.clients.contains_key(&client) {
-            self.clients.retain(|_, t| *t < burst);
-            if self.clients.len() >= MAX_CLIENT_BUCKETS {
-                self.clients.clear();
-            }
-        }
-        let t = self.clients.entry(client).or_insert(burst);
-        *t = (*t + self.client_budget).min(burst);
-    }
-
-    /// Resolve stored prefetches that are past their window, or gone from the cache.
-    fn sweep(&mut self, now: u64) {
-        let cache = self.source.cache();
-        let mut wasted = Vec::new();
-        self.shared.pending.lock().retain(|key, p| {
-            if !p.stored {
-                // In flight far too long (a stuck upstream): forget it.
-                return now < p.deadline_ms.saturating_add(60_000);
-            }
-            let gone = p.deadline_ms <= now || !cache.contains_fresh(key);
-            if gone {
-                wasted.push(Pending {
-                    credits: std::mem::take(&mut p.credits),
-                    ..*p
-                });
-            }
-            !gone
-        });
-        for p in &wasted {
-            self.waste(p, now);
-        }
-    }
-
-    /// A stored prefetch nobody used. Before its deadline (which is never past the entry's
-    /// freshness) it cannot have expired: it was evicted or purged.
-    fn waste(&mut self, p: &Pending, now: u64) {
-        if now < p.deadline_ms {
-            self.shared.metrics.wasted_evicted.increment(1);
-        }
-        self.shared.resolve(p, false, now);
-    }
 }
 
 /// The value of cookie `name` in the request's `Cookie` header lines (RFC 6265 §4.2: pairs
