@@ -5,9 +5,10 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use augur::cache::entry::{Entry, StoredBody};
+use augur::cache::entry::StoredBody;
 use augur::cache::policy::{self, CacheControl, Decision, Input};
 use augur::config::CacheMode;
+use augur::proxy::stored_entry;
 use augur_fuzz::{clock_ms, headers, names, Field, FieldName};
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
@@ -109,18 +110,23 @@ fuzz_target!(|c: Case| {
         assert!(c.cache_set_cookie);
         assert!(s.strip.contains(&header::SET_COOKIE));
     }
-    let entry = Entry {
+    // Stored as the proxy stores it: stripped fields, framing and `Age` removed.
+    let entry = stored_entry(
         status,
-        headers: resp.clone(),
-        body: StoredBody::Raw(Bytes::new()),
+        resp.clone(),
+        StoredBody::Raw(Bytes::new()),
+        s,
         request_time,
         response_time,
-        initial_age: s.initial_age_ms,
-        lifetime: s.lifetime_ms,
-        flags: s.flags,
-        stale_while_revalidate: s.stale_while_revalidate_ms,
-        stale_if_error: s.stale_if_error_ms,
-    };
+    );
+    assert!(!entry.headers.contains_key(header::SET_COOKIE));
+    for name in resp_cc
+        .private_fields
+        .iter()
+        .chain(&resp_cc.no_cache_fields)
+    {
+        assert!(!entry.headers.contains_key(name), "{name} was stored");
+    }
     let now = response_time.saturating_add(c.later_ms);
     let _ = policy::usable(&entry, &req_cc, auth, now);
     let _ = policy::stale_if_error_ok(&entry, now);

@@ -45,6 +45,7 @@ use crate::normalise::PathRules;
 use crate::prefetch::{self, Prefetcher};
 use crate::route::{Route, Routes};
 use crate::upstream::Upstream;
+pub use fetch::entry as stored_entry;
 use ipnet::IpNet;
 pub use respond::accepts_zstd;
 
