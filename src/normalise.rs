@@ -223,6 +223,7 @@ pub fn strip_unkeyed(headers: &mut HeaderMap, keyed: &[HeaderName], strip: &[Hea
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use proptest::prelude::*;
 
     fn norm(p: &str) -> Result<String, PathError> {
         path(p, &PathRules::default()).map(|c| c.into_owned())
@@ -331,5 +332,80 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["x-api-version", "x-forwarded-for", "x-original-url"]);
+    }
+
+    /// Path segments as an attacker spells them: dot segments plain and encoded in every case,
+    /// encoded slashes, valid and broken escapes, empty segments, non-ASCII.
+    fn segment() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just("."),
+                Just(".."),
+                Just("%2e"),
+                Just("%2E"),
+                Just("%2e%2E"),
+                Just(".%2e"),
+                Just("%2f"),
+                Just("%2F"),
+                Just("%5c"),
+                Just("%25"),
+                Just("%41"),
+                Just("%7e"),
+                Just("%20"),
+                Just("%"),
+                Just("%z"),
+                Just("/"),
+                Just(";"),
+                Just("é"),
+                Just("a"),
+                Just("b"),
+            ],
+            0..4,
+        )
+        .prop_map(|v| v.concat())
+    }
+
+    fn rules() -> impl Strategy<Value = PathRules> {
+        let escaped = prop_oneof![
+            Just(EscapedSlashes::Reject),
+            Just(EscapedSlashes::Keep),
+            Just(EscapedSlashes::Decode),
+        ];
+        (any::<bool>(), escaped).prop_map(|(merge_slashes, escaped_slashes)| PathRules {
+            merge_slashes,
+            escaped_slashes,
+        })
+    }
+
+    proptest! {
+        /// Routing, the key and the upstream all see the normalised path, and each may
+        /// normalise again (a prefetch, a purge): it must be a fixed point, with no dot
+        /// segment left for an origin to resolve differently.
+        #[test]
+        fn normalised_paths_are_idempotent_and_dot_free(
+            segments in proptest::collection::vec(segment(), 0..8),
+            rules in rules(),
+        ) {
+            let raw = format!("/{}", segments.join("/"));
+            if let Ok(once) = path(&raw, &rules) {
+                prop_assert!(once.starts_with('/'), "{raw:?} ─► {once:?}");
+                prop_assert!(
+                    !once[1..].split('/').any(|s| s == "." || s == ".."),
+                    "{raw:?} ─► {once:?} keeps a dot segment"
+                );
+                prop_assert!(!once.contains("/./") && !once.contains("/../"));
+                if rules.merge_slashes {
+                    prop_assert!(!once.contains("//"), "{raw:?} ─► {once:?}");
+                }
+                let twice = path(&once, &rules);
+                prop_assert_eq!(twice.as_deref(), Ok(&*once), "not idempotent on {:?}", raw);
+            }
+        }
+
+        /// Any string at all: an error or a path, never a panic.
+        #[test]
+        fn any_path_never_panics(raw in "/[ -~é]{0,40}", rules in rules()) {
+            let _ = path(&raw, &rules);
+        }
     }
 }

@@ -147,7 +147,50 @@ mod tests {
         assert!(!if_range_holds(&stored, &req("W/\"a\"")));
     }
 
+    /// A number as a client may write it: small, near the body length, or past `u64`.
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u64..300).prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("007".to_string()),
+            Just(String::new()),
+        ]
+    }
+
     proptest! {
+        /// Well-formed and nearly well-formed `bytes=` values against bodies of any length
+        /// (the random-ASCII case below seldom spells `bytes=`): a range that parses is the
+        /// one written, and resolves inside the body or not at all.
+        #[test]
+        fn structured_ranges_resolve_inside_the_body(
+            unit in prop_oneof![Just("bytes"), Just("BYTES"), Just(" Bytes "), Just("items")],
+            first in number(),
+            last in number(),
+            ws in prop_oneof![Just(""), Just(" "), Just("\t")],
+            more in any::<bool>(),
+            len in prop_oneof![0u64..300, any::<u64>()],
+        ) {
+            let tail = if more { ",0-1" } else { "" };
+            let text = format!("{unit}={ws}{first}{ws}-{ws}{last}{tail}");
+            let Ok(v) = HeaderValue::from_str(&text) else { return Ok(()) };
+            let Some(r) = parse(&v) else { return Ok(()) };
+            prop_assert!(!more && unit.trim().eq_ignore_ascii_case("bytes"), "{text:?}");
+            match r {
+                ByteRange::From { first: f, last: l } => {
+                    prop_assert_eq!(Ok(f), first.parse::<u64>());
+                    prop_assert_eq!(l, (!last.is_empty()).then(|| last.parse::<u64>().ok()).flatten());
+                }
+                ByteRange::Suffix(n) => {
+                    prop_assert!(first.is_empty());
+                    prop_assert_eq!(Ok(n), last.parse::<u64>());
+                }
+            }
+            if let Some((a, b)) = resolve(r, len) {
+                prop_assert!(a <= b && b < len, "{r:?} in {len}: {a}-{b}");
+            }
+        }
+
         #[test]
         fn never_panics_and_stays_in_bounds(v in "[ -~]{0,30}", len in 0u64..10_000) {
             if let Ok(h) = HeaderValue::from_str(&v) {

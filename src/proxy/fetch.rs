@@ -353,8 +353,9 @@ pub(super) fn streamed(parts: ResponseParts, body: UpstreamBody) -> Response<Bod
 }
 
 /// A stored entry from a response and the policy's decision: fields the policy strips
-/// removed, framing and `Age` dropped (recomputed when served).
-pub(super) fn entry(
+/// removed, framing and `Age` dropped (recomputed when served). Public for the
+/// `policy_parsers` fuzz target, which stores what `policy::decide` lets through.
+pub fn entry(
     status: StatusCode,
     mut headers: HeaderMap,
     body: StoredBody,

@@ -47,6 +47,7 @@ use crate::metrics::Metrics;
 use crate::prefetch::{self, Prefetcher};
 use crate::route::{Route, Routes};
 use crate::upstream::Upstream;
+pub use fetch::entry as stored_entry;
 use ipnet::IpNet;
 pub use respond::accepts_zstd;
 
