@@ -158,24 +158,31 @@ pub fn keyed_query(query: &str, rule: &QueryKey) -> Option<String> {
     (kept.len() != pieces.count()).then(|| kept.join("&"))
 }
 
+/// The fields a message's `Connection` header names (RFC 9110 §7.6.1): hop-by-hop, for this
+/// connection only.
+pub fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect()
+}
+
 /// Remove every field that `Connection` names (except the framing fields hyper has already
 /// acted on), so nothing is derived from a field the upstream will not see.
 pub fn strip_connection_named(headers: &mut HeaderMap) {
     if !headers.contains_key(header::CONNECTION) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .filter(|n| {
-            *n != header::CONTENT_LENGTH && *n != header::TRANSFER_ENCODING && *n != header::HOST
-        })
-        .collect();
-    for name in named {
-        headers.remove(name);
+    for name in connection_named(headers) {
+        if name != header::CONTENT_LENGTH
+            && name != header::TRANSFER_ENCODING
+            && name != header::HOST
+        {
+            headers.remove(name);
+        }
     }
 }
 

@@ -301,14 +301,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Remove hop-by-hop fields, including every field the `Connection` header names, and
 /// `Upgrade` (Augur does not tunnel protocol upgrades).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
+    for name in crate::normalise::connection_named(headers) {
         headers.remove(name);
     }
     for name in HOP_BY_HOP {
