@@ -30,7 +30,7 @@ def client(idx):
     rnd = random.Random(idx)
     cookie = f"session=client-{idx}-{rnd.randrange(1 << 30)}"
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    n = 0
+    n, user = 0, None
     while time.monotonic() < deadline:
         n += 1
         roll = rnd.random()
@@ -42,8 +42,12 @@ def client(idx):
         elif roll < 0.75:
             path = "/me"
         elif roll < 0.95:
-            user = rnd.randrange(500)
-            path = f"/users/{user}" if n % 2 else f"/users/{user}/orders"
+            # A user page, then that user's orders: the sequence the prefetcher learns.
+            if user is None:
+                user = rnd.randrange(500)
+                path = f"/users/{user}"
+            else:
+                path, user = f"/users/{user}/orders", None
         else:
             method, path = "POST", f"/pub/{rnd.randrange(200)}"
         try:

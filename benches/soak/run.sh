@@ -2,7 +2,8 @@
 # Soak (issue 11): mixed traffic for DURATION seconds against a release Augur with Redis as L2
 # (a secret, so values are sealed) and prefetching on, while Redis is killed and restarted
 # twice. Samples Augur's RSS every 5 s and checks, at the end:
-#   - RSS after warm-up (the first fifth of the run) stays within 10 % of its first sample;
+#   - RSS after warm-up (the first fifth of the run, by which the 16 MiB cache is full) stays
+#     within 10 % of its first sample;
 #   - 0 failed requests (the origin never fails, so every request had an answer to give);
 #   - 0 personal responses (/me, no caching headers, route ttl 30s) served to another client
 #     (the origin echoes the caller's cookie).
@@ -37,7 +38,7 @@ log_level = "error"
 [admin]
 token_file = "$work/tokens"
 [cache]
-memory = "64MiB"
+memory = "16MiB"
 [redis]
 url = "redis://127.0.0.1:28379"
 secret_file = "$work/secret"
