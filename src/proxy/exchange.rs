@@ -37,6 +37,8 @@ pub(crate) struct Exchange<'a> {
     /// The peer is a trusted proxy: its `X-Forwarded-Proto` / `-Host` are kept.
     pub trusted: bool,
     pub started: Instant,
+    /// Decided once, before the cacheable-only normalisation (see [`Exchange::is_cacheable`]).
+    cacheable: bool,
     /// The primary cache key (method, host, target, the route's query and header rules);
     /// the stored variant, when responses vary, is selected from it by the cache.
     pub key: CacheKey,
@@ -88,7 +90,8 @@ impl<'a> Exchange<'a> {
                 }
             }
         };
-        if is_cacheable(parts) {
+        let cacheable = is_cacheable(parts);
+        if cacheable {
             let cfg = &route.cfg;
             normalise::strip_unkeyed(
                 &mut parts.headers,
@@ -121,6 +124,7 @@ impl<'a> Exchange<'a> {
             peer,
             trusted,
             started,
+            cacheable,
             key: route.key(&parts.method, host, pq, &parts.headers),
             credentials: reading
                 .credentials
@@ -139,7 +143,7 @@ impl<'a> Exchange<'a> {
     /// Only GET and HEAD without a body are answered by the cache; a `Range` only when it is
     /// one byte range on a GET (sliced from the stored full response), others pass through.
     pub fn is_cacheable(&self) -> bool {
-        is_cacheable(self.parts)
+        self.cacheable
     }
 
     /// The request declares a body larger than `limit`.
