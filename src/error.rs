@@ -4,11 +4,33 @@
 //! `{"error":{"status":502,"code":"upstream_unreachable","message":"…"}}`. Codes are part of
 //! the operator-facing contract (alerts and client retries key on them); messages are not.
 
+use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::Body;
+
+/// The error underneath an upstream failure, kept as a source (not flattened to text) and
+/// shared, because a flight hands one error to all its waiters and `ProxyError` must be `Clone`.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
+/// A cause from text, where there is no error value to keep.
+pub fn cause(text: &str) -> Cause {
+    Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(text))
+}
+
+/// An error and its sources, `a: b: c`, for logs (hyper's top-level errors say little alone).
+fn chain(e: &Cause) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let _ = write!(out, ": {s}");
+        source = s.source();
+    }
+    out
+}
 
 /// What went wrong, named by its source: the client (downstream), the upstream, or Augur.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -23,12 +45,12 @@ pub enum ProxyError {
     #[error("only-if-cached: no stored response can answer this request")]
     NotCached,
     // ---- upstream
-    #[error("upstream unreachable: {0}")]
-    UpstreamConnect(String),
+    #[error("upstream unreachable: {}", chain(.0))]
+    UpstreamConnect(#[source] Cause),
     #[error("upstream did not answer within {0:?}")]
     UpstreamTimeout(Duration),
-    #[error("upstream failed: {0}")]
-    UpstreamProtocol(String),
+    #[error("upstream failed: {}", chain(.0))]
+    UpstreamProtocol(#[source] Cause),
     // ---- internal: Augur's own fault, neither the client's nor the upstream's
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -92,4 +114,27 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Bod
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error (Connect)")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn upstream_causes_stay_sources_and_reach_the_log_not_the_client() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = ProxyError::UpstreamConnect(Arc::new(Outer(refused)));
+        let source = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("client error (Connect)"));
+        assert_eq!(
+            e.to_string(),
+            "upstream unreachable: client error (Connect): refused"
+        );
+        assert_eq!(e.public_message(), "upstream unreachable");
+        assert_eq!(e.clone().code(), "upstream_unreachable");
+    }
 }

@@ -33,7 +33,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{Body, BoxError, Cut, Deadline, Holding};
 use crate::config::{Config, RouteConfig};
-use crate::error::ProxyError;
+use crate::error::{cause, ProxyError};
 use crate::metrics::Metrics;
 
 /// A streaming upstream body: it holds its connection permit, runs under the idle and total
@@ -234,7 +234,7 @@ impl Upstream {
                 .clone()
                 .acquire_owned()
                 .await
-                .map_err(|_| ProxyError::UpstreamConnect("shutting down".into()))?;
+                .map_err(|_| ProxyError::UpstreamConnect(cause("shutting down")))?;
             let resp = match (self.client.request(req).await, again) {
                 (Ok(resp), _) => resp,
                 // Not a connect error: a connection was there and failed before any response
@@ -270,10 +270,7 @@ fn request(method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Request<
 fn classify(e: hyper_util::client::legacy::Error) -> ProxyError {
     use std::error::Error as _;
     if e.is_connect() {
-        let cause = e
-            .source()
-            .map_or_else(|| e.to_string(), ToString::to_string);
-        return ProxyError::UpstreamConnect(cause);
+        return ProxyError::UpstreamConnect(Arc::new(e));
     }
     // A request body over the configured limit surfaces here as the body's error.
     let mut source = e.source();
@@ -283,7 +280,7 @@ fn classify(e: hyper_util::client::legacy::Error) -> ProxyError {
         }
         source = s.source();
     }
-    ProxyError::UpstreamProtocol(e.to_string())
+    ProxyError::UpstreamProtocol(Arc::new(e))
 }
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) never cross the proxy, in either direction.
@@ -441,7 +438,7 @@ fn prefix(buf: Buffer, data: Bytes) -> Vec<Bytes> {
 fn body_error(e: &(dyn std::error::Error + 'static)) -> ProxyError {
     match e.downcast_ref::<Cut>() {
         Some(Cut::Idle(d) | Cut::Total(d)) => ProxyError::UpstreamTimeout(*d),
-        None => ProxyError::UpstreamProtocol(e.to_string()),
+        None => ProxyError::UpstreamProtocol(cause(&e.to_string())),
     }
 }
 
