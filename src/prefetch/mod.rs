@@ -69,12 +69,14 @@ pub trait Source: Send + Sync + 'static {
     fn cache(&self) -> &Cache;
     fn routes(&self) -> &Routes;
     /// GET `pq` on route `route` with exactly `headers` (already filtered), as a miss would.
+    /// `key`: what the route derived for it (`Route::key`), which the prefetcher already holds.
     fn prefetch_fetch(
         &self,
         route: usize,
         host: &str,
         pq: &str,
-        headers: HeaderMap,
+        headers: &HeaderMap,
+        key: CacheKey,
     ) -> impl Future<Output = Fetched> + Send;
 }
 

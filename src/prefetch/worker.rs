@@ -333,7 +333,7 @@ async fn prefetch<S: Source>(source: Arc<S>, shared: Arc<Shared>, job: Job, wind
         headers,
         key,
     } = job;
-    let fetch = || source.prefetch_fetch(route, &host, &pq, headers.clone());
+    let fetch = || source.prefetch_fetch(route, &host, &pq, &headers, key);
     let outcome = source.cache().lookup_or_fetch(key, &headers, fetch).await;
     settle(&shared, source.cache(), &key, outcome, window);
 }

@@ -43,6 +43,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::config::PathRules;
 use crate::error::ProxyError;
+use crate::key::CacheKey;
 use crate::metrics::Metrics;
 use crate::prefetch::{self, Prefetcher};
 use crate::route::{Route, Routes};
@@ -77,7 +78,7 @@ pub struct Proxy {
     refresh_tx: mpsc::Sender<Refresh>,
     refresh_rx: Mutex<Option<mpsc::Receiver<Refresh>>>,
     /// Keys with a refresh queued or running, so a burst of stale hits refreshes once.
-    refreshing: Mutex<HashSet<crate::key::CacheKey>>,
+    refreshing: Mutex<HashSet<CacheKey>>,
     paths: PathRules,
     trusted_proxies: Vec<IpNet>,
     invalidate_unknown_methods: bool,
@@ -338,7 +339,8 @@ impl prefetch::Source for Proxy {
         route: usize,
         host: &str,
         pq: &str,
-        headers: HeaderMap,
+        headers: &HeaderMap,
+        key: CacheKey,
     ) -> Fetched {
         let Some(route) = self.routes.iter().nth(route) else {
             return Fetched::Failed(ProxyError::Internal("prefetch names no route"));
@@ -350,11 +352,11 @@ impl prefetch::Source for Proxy {
             route,
             host,
             pq,
-            headers: &headers,
-            key: route.key(&Method::GET, host, pq, &headers),
+            headers,
+            key,
             sender: Sender::Prefetch,
             // Only when the route lets a prefetch forward one of them.
-            credentials: self.credentials.carried(&headers, &route.cfg.key_headers),
+            credentials: self.credentials.carried(headers, &route.cfg.key_headers),
         };
         self.fetch_for_store(target, None).await
     }
