@@ -211,12 +211,16 @@ pub fn strip_unkeyed(headers: &mut HeaderMap, keyed: &[HeaderName], strip: &[Hea
         .keys()
         .filter(|n| {
             let name = n.as_str();
-            let unkeyed_override = OVERRIDES.contains(&name)
-                || (name.starts_with("x-forwarded-")
-                    && !matches!(
-                        name,
-                        "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host"
-                    ));
+            // Every override is `forwarded` or an `x-` field: most request fields (accept,
+            // user-agent, host, …) are passed by one prefix check, not twelve compares.
+            let candidate = name.starts_with("x-") || name == "forwarded";
+            let unkeyed_override = candidate
+                && (OVERRIDES.contains(&name)
+                    || (name.starts_with("x-forwarded-")
+                        && !matches!(
+                            name,
+                            "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host"
+                        )));
             (unkeyed_override || strip.contains(n)) && !keyed.contains(n)
         })
         .cloned()
